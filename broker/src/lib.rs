@@ -1,0 +1,16 @@
+//! Sluice's write side.
+//!
+//! - [`Publisher`]: the producer library for Rust job workers (pooled, cheap
+//!   to clone, safe to share).
+//! - [`function`]: the `sluice_publish` Redis function that makes a publish
+//!   one atomic round trip, loaded with `FUNCTION LOAD REPLACE`.
+//! - [`reader`]: snapshot and history reads shared by the CLI and the edge.
+//! - [`connect`]: Redis pools and dedicated connections with sane timeouts.
+
+pub mod connect;
+pub mod function;
+pub mod publisher;
+pub mod reader;
+
+pub use publisher::{PublishError, PublishOptions, Published, Publisher, PublisherConfig};
+pub use reader::ReadError;

@@ -1,0 +1,269 @@
+//! [`Publisher`]: publish events for tasks from Rust job workers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_broker::PublishError> {
+//! let publisher = sluice_broker::Publisher::connect("redis://127.0.0.1:6379").await?;
+//! let seq = publisher.publish("export-7", "progress", &serde_json::json!({"pct": 10})).await?;
+//! publisher.finish("export-7", "done", &serde_json::json!({"url": "/files/7"})).await?;
+//! # let _ = seq; Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use deadpool_redis::Pool;
+use serde::Serialize;
+use sluice_shared::event::DEFAULT_MAX_DATA_BYTES;
+use sluice_shared::task::{validate_event_type, validate_idempotency_key};
+use sluice_shared::{codec, Seq, TaskId, TaskIdError, TaskKeys, DEFAULT_SHARDS};
+
+use crate::connect::{self, ConnectError};
+use crate::function;
+
+/// Default cap of a task's history (entries kept in its log).
+pub const DEFAULT_LOG_CAP: u64 = 10_000;
+/// Default cap of a shard feed (it is only for live tailing).
+pub const DEFAULT_FEED_CAP: u64 = 10_000;
+/// Default expiry of an open task that receives no events.
+pub const DEFAULT_IDLE_TTL_SECS: u64 = 24 * 3600;
+/// Default retention of a closed task.
+pub const DEFAULT_RETENTION_SECS: u64 = 24 * 3600;
+
+/// Why a publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid task id: {0}")]
+    InvalidTask(TaskIdError),
+    #[error("invalid event type: {0}")]
+    InvalidType(TaskIdError),
+    #[error("invalid idempotency key: {0}")]
+    InvalidIdempotencyKey(TaskIdError),
+    #[error("event data is {size} bytes encoded; the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("task {0} is closed: it already received its final event")]
+    Closed(String),
+    #[error("event data cannot be encoded")]
+    Encode(#[from] codec::CodecError),
+    #[error("event data cannot be serialized as JSON")]
+    Json(#[from] serde_json::Error),
+    #[error("Redis refused the event: {0}")]
+    Rejected(String),
+    #[error("Redis is unavailable")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis is unavailable: {0}")]
+    Pool(String),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+impl From<deadpool_redis::PoolError> for PublishError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        PublishError::Pool(e.to_string())
+    }
+}
+
+/// Options of one publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// The last event of the task: afterwards the task is closed.
+    pub is_final: bool,
+    /// Retries with the same key (within the task's retention) append nothing
+    /// and return the first seq.
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: Seq,
+    /// Publish time (ms since the epoch, Redis clock); for a duplicate, the
+    /// task's last update.
+    pub ts: i64,
+    /// True when the idempotency key had been used: nothing was appended.
+    pub duplicate: bool,
+}
+
+/// Deployment-wide settings a publisher must agree on with the edges.
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    pub shards: u32,
+    pub log_cap: u64,
+    pub feed_cap: u64,
+    pub idle_ttl_secs: u64,
+    pub retention_secs: u64,
+    pub max_data_bytes: usize,
+    pub pool_size: usize,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            shards: DEFAULT_SHARDS,
+            log_cap: DEFAULT_LOG_CAP,
+            feed_cap: DEFAULT_FEED_CAP,
+            idle_ttl_secs: DEFAULT_IDLE_TTL_SECS,
+            retention_secs: DEFAULT_RETENTION_SECS,
+            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+            pool_size: connect::DEFAULT_POOL_SIZE,
+        }
+    }
+}
+
+/// Publishes events. Cheap to clone (the pool and config are shared); no
+/// connection per call.
+#[derive(Clone)]
+pub struct Publisher {
+    pool: Pool,
+    config: Arc<PublisherConfig>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Connects with the default deployment settings and loads the function.
+    pub async fn connect(url: &str) -> Result<Self, PublishError> {
+        Self::connect_with(url, PublisherConfig::default()).await
+    }
+
+    /// Connects with explicit settings and loads the function.
+    pub async fn connect_with(url: &str, config: PublisherConfig) -> Result<Self, PublishError> {
+        let pool = connect::pool(url, config.pool_size)?;
+        let publisher = Self::from_pool(pool, config);
+        publisher.load_function().await?;
+        Ok(publisher)
+    }
+
+    /// Wraps an existing pool (the caller loads the function).
+    pub fn from_pool(pool: Pool, config: PublisherConfig) -> Self {
+        Publisher {
+            pool,
+            config: Arc::new(config),
+        }
+    }
+
+    pub fn config(&self) -> &PublisherConfig {
+        &self.config
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `FUNCTION LOAD REPLACE` of the `sluice` library.
+    pub async fn load_function(&self) -> Result<(), PublishError> {
+        let mut conn = self.pool.get().await?;
+        function::load(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Publishes one event; returns its seq.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        kind: &str,
+        data: &T,
+    ) -> Result<Seq, PublishError> {
+        let p = self
+            .publish_with(task, kind, data, PublishOptions::default())
+            .await?;
+        Ok(p.seq)
+    }
+
+    /// Publishes the final event of a task; returns its seq.
+    pub async fn finish<T: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        kind: &str,
+        data: &T,
+    ) -> Result<Seq, PublishError> {
+        let opts = PublishOptions {
+            is_final: true,
+            idempotency_key: None,
+        };
+        Ok(self.publish_with(task, kind, data, opts).await?.seq)
+    }
+
+    /// Publishes with explicit options (final, idempotency key).
+    pub async fn publish_with<T: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        kind: &str,
+        data: &T,
+        opts: PublishOptions,
+    ) -> Result<Published, PublishError> {
+        let task = TaskId::parse(task).map_err(PublishError::InvalidTask)?;
+        let value = serde_json::to_value(data)?;
+        let bytes = codec::encode_data(&value)?;
+        self.publish_encoded(&task, kind, &bytes, &opts).await
+    }
+
+    /// Publishes data that is already MessagePack-encoded.
+    pub async fn publish_encoded(
+        &self,
+        task: &TaskId,
+        kind: &str,
+        data: &[u8],
+        opts: &PublishOptions,
+    ) -> Result<Published, PublishError> {
+        validate_event_type(kind).map_err(PublishError::InvalidType)?;
+        if let Some(k) = &opts.idempotency_key {
+            validate_idempotency_key(k).map_err(PublishError::InvalidIdempotencyKey)?;
+        }
+        if data.len() > self.config.max_data_bytes {
+            return Err(PublishError::TooLarge {
+                size: data.len(),
+                max: self.config.max_data_bytes,
+            });
+        }
+        let keys = TaskKeys::new(task, self.config.shards);
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(function::NAME)
+            .arg(3)
+            .arg(&keys.log)
+            .arg(&keys.meta)
+            .arg(&keys.feed)
+            .arg(task.as_str())
+            .arg(kind)
+            .arg(data)
+            .arg(if opts.is_final { "1" } else { "0" })
+            .arg(opts.idempotency_key.as_deref().unwrap_or(""))
+            .arg(self.config.log_cap)
+            .arg(self.config.feed_cap)
+            .arg(self.config.idle_ttl_secs)
+            .arg(self.config.retention_secs)
+            .arg(self.config.max_data_bytes);
+        let mut conn = self.pool.get().await?;
+        let reply = match cmd.query_async::<(u64, i64, u8)>(&mut *conn).await {
+            Err(e) if function::is_missing(&e) => {
+                // Redis lost its functions (restart without persistence).
+                tracing::warn!("sluice_publish missing on Redis; loading it again");
+                function::load(&mut *conn).await?;
+                cmd.query_async::<(u64, i64, u8)>(&mut *conn).await
+            }
+            other => other,
+        };
+        match reply {
+            Ok((seq, ts, dup)) => Ok(Published {
+                seq,
+                ts,
+                duplicate: dup == 1,
+            }),
+            Err(e) => Err(classify(task, e)),
+        }
+    }
+}
+
+fn classify(task: &TaskId, e: redis::RedisError) -> PublishError {
+    match e.code() {
+        Some("SLUICE_CLOSED") => PublishError::Closed(task.to_string()),
+        Some("SLUICE_INVALID") | Some("SLUICE_TOO_LARGE") => {
+            PublishError::Rejected(e.detail().unwrap_or("invalid event").to_owned())
+        }
+        _ => PublishError::Redis(e),
+    }
+}

@@ -1,0 +1,156 @@
+//! Reads of a task's snapshot and history, shared by the CLI and the edge's
+//! Redis store. Entries that do not decode are reported, never panicked on.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionLike;
+use redis::Value;
+use sluice_shared::codec::{self, CodecError};
+use sluice_shared::event::{Snapshot, TaskState};
+use sluice_shared::{Seq, StoredEvent, TaskId, TaskKeys};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("Redis is unavailable")]
+    Redis(#[from] redis::RedisError),
+    #[error("stored data of task {task} is corrupt: {what}")]
+    Corrupt { task: String, what: String },
+}
+
+impl ReadError {
+    fn corrupt(task: &TaskId, what: impl std::fmt::Display) -> Self {
+        ReadError::Corrupt {
+            task: task.to_string(),
+            what: what.to_string(),
+        }
+    }
+}
+
+/// The task's meta as a snapshot; `None` when the task is unknown.
+pub async fn snapshot<C: ConnectionLike + Send>(
+    conn: &mut C,
+    task: &TaskId,
+    shards: u32,
+) -> Result<Option<Snapshot>, ReadError> {
+    let keys = TaskKeys::new(task, shards);
+    let (seq, state, latest): (Option<u64>, Option<String>, Option<Vec<u8>>) = redis::cmd("HMGET")
+        .arg(&keys.meta)
+        .arg("seq")
+        .arg("state")
+        .arg("latest")
+        .query_async(conn)
+        .await?;
+    let (Some(seq), Some(latest)) = (seq, latest) else {
+        return Ok(None);
+    };
+    let latest = decode_for(task, &latest).map_err(|e| ReadError::corrupt(task, e))?;
+    let state = match state.as_deref() {
+        Some("closed") => TaskState::Closed,
+        _ => TaskState::Open,
+    };
+    Ok(Some(Snapshot {
+        task: task.to_string(),
+        seq,
+        state,
+        latest: latest.envelope(),
+    }))
+}
+
+/// One page of history: the retained events with seq > `after`, oldest
+/// first, at most `limit`. An entry that does not decode ends the page with
+/// [`ReadError::Corrupt`].
+pub async fn history<C: ConnectionLike + Send>(
+    conn: &mut C,
+    task: &TaskId,
+    shards: u32,
+    after: Seq,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, ReadError> {
+    let keys = TaskKeys::new(task, shards);
+    let Some(start) = after.checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(&keys.log)
+        .arg(format!("{start}-0"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(limit.max(1))
+        .query_async(conn)
+        .await?;
+    parse_entries(&reply)
+        .map_err(|e| ReadError::corrupt(task, e))?
+        .into_iter()
+        .map(|(id, fields)| {
+            let bytes = fields.get("e").ok_or_else(|| ReadError::corrupt(task, "entry without e"))?;
+            let ev = decode_for(task, bytes).map_err(|e| ReadError::corrupt(task, e))?;
+            if entry_seq(&id) != Some(ev.seq) {
+                return Err(ReadError::corrupt(task, format!("entry {id} holds seq {}", ev.seq)));
+            }
+            Ok(ev)
+        })
+        .collect()
+}
+
+/// Decodes a stored event and checks it belongs to `task`.
+pub fn decode_for(task: &TaskId, bytes: &[u8]) -> Result<StoredEvent, CodecError> {
+    let ev = codec::decode_event(bytes)?;
+    if ev.task != task.as_str() {
+        return Err(CodecError::WrongTask {
+            expected: task.to_string(),
+            found: ev.task,
+        });
+    }
+    Ok(ev)
+}
+
+/// The seq of a log entry id `<seq>-0`.
+pub fn entry_seq(id: &str) -> Option<Seq> {
+    id.split_once('-').and_then(|(s, _)| s.parse().ok())
+}
+
+/// Stream entries as `(id, field -> value bytes)`, from an XRANGE-shaped
+/// reply (an array of `[id, [field, value, ...]]`).
+pub fn parse_entries(reply: &Value) -> Result<Vec<(String, HashMap<String, Vec<u8>>)>, String> {
+    let Value::Array(items) = reply else {
+        if matches!(reply, Value::Nil) {
+            return Ok(Vec::new());
+        }
+        return Err(format!("expected an array of entries, got {reply:?}"));
+    };
+    items.iter().map(parse_entry).collect()
+}
+
+fn parse_entry(item: &Value) -> Result<(String, HashMap<String, Vec<u8>>), String> {
+    let Value::Array(pair) = item else {
+        return Err("entry is not an array".into());
+    };
+    let [id, fields] = pair.as_slice() else {
+        return Err("entry is not [id, fields]".into());
+    };
+    let id = bulk_string(id).ok_or("entry id is not a string")?;
+    let Value::Array(kv) = fields else {
+        return Err("entry fields are not an array".into());
+    };
+    let mut map = HashMap::with_capacity(kv.len() / 2);
+    for chunk in kv.chunks(2) {
+        if let [k, v] = chunk {
+            let k = bulk_string(k).ok_or("field name is not a string")?;
+            let v = bulk_bytes(v).ok_or("field value is not a string")?;
+            map.insert(k, v.to_vec());
+        }
+    }
+    Ok((id, map))
+}
+
+pub fn bulk_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+pub fn bulk_string(v: &Value) -> Option<String> {
+    bulk_bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
+}

@@ -1,0 +1,116 @@
+#!lua name=sluice
+
+-- sluice_publish: the one atomic write of Sluice.
+--
+-- FCALL sluice_publish 3 <log> <meta> <feed>
+--       <task> <type> <data> <final> <idempotency_key>
+--       [<log_cap> <feed_cap> <idle_ttl_secs> <retention_secs> <max_data_bytes>]
+--
+-- <data> is the event's data as MessagePack; <final> is "1" or "0";
+-- <idempotency_key> is "" for none. The optional limits default to
+-- 10000, 10000, 86400, 86400, 65536.
+--
+-- Reply: {seq, ts_ms, duplicate} where duplicate is 1 when the idempotency
+-- key was already used for this task (seq is then the first publish's seq
+-- and nothing was written).
+-- Errors: "SLUICE_CLOSED ...", "SLUICE_INVALID ...", "SLUICE_TOO_LARGE ...".
+
+local function valid_name(s, max)
+  return type(s) == 'string' and #s >= 1 and #s <= max and string.find(s, '^[A-Za-z0-9_%-%.:]+$') ~= nil
+end
+
+local function num(v, default)
+  local n = tonumber(v)
+  if n == nil or n < 1 then return default end
+  return math.floor(n)
+end
+
+local function publish(keys, args)
+  local log, meta, feed = keys[1], keys[2], keys[3]
+  local task, etype, data, final, idem = args[1], args[2], args[3], args[4], args[5]
+  local log_cap = num(args[6], 10000)
+  local feed_cap = num(args[7], 10000)
+  local idle_ttl = num(args[8], 86400)
+  local retention = num(args[9], 86400)
+  local max_data = num(args[10], 65536)
+
+  if log == nil or meta == nil or feed == nil then
+    return redis.error_reply('SLUICE_INVALID expected 3 keys: log, meta, feed')
+  end
+  if not valid_name(task, 128) then
+    return redis.error_reply('SLUICE_INVALID task id must be 1-128 bytes of A-Z a-z 0-9 _ - . :')
+  end
+  if string.sub(log, -(#task + 7)) ~= (':t:' .. task .. ':log') then
+    return redis.error_reply('SLUICE_INVALID log key does not belong to the task')
+  end
+  if not valid_name(etype, 64) or string.sub(etype, 1, 7) == 'sluice.' then
+    return redis.error_reply('SLUICE_INVALID event type must be 1-64 bytes of A-Z a-z 0-9 _ - . : and not start with sluice.')
+  end
+  if data == nil or #data == 0 then
+    return redis.error_reply('SLUICE_INVALID data must be MessagePack (nil is 0xc0)')
+  end
+  if #data > max_data then
+    return redis.error_reply('SLUICE_TOO_LARGE data is ' .. #data .. ' bytes; the limit is ' .. max_data)
+  end
+  local ok = pcall(cmsgpack.unpack, data)
+  if not ok then
+    return redis.error_reply('SLUICE_INVALID data is not valid MessagePack')
+  end
+  if final ~= '1' and final ~= '0' then
+    return redis.error_reply('SLUICE_INVALID final must be "1" or "0"')
+  end
+  if idem == nil then idem = '' end
+  if #idem > 128 then
+    return redis.error_reply('SLUICE_INVALID idempotency key is longer than 128 bytes')
+  end
+
+  if idem ~= '' then
+    local prev = redis.call('HGET', meta, 'idem:' .. idem)
+    if prev then
+      return {tonumber(prev), tonumber(redis.call('HGET', meta, 'updated') or 0), 1}
+    end
+  end
+
+  if redis.call('HGET', meta, 'state') == 'closed' then
+    return redis.error_reply('SLUICE_CLOSED task ' .. task .. ' is closed')
+  end
+
+  local seq = tonumber(redis.call('HGET', meta, 'seq'))
+  if seq == nil then
+    -- Meta missing (expired apart, deleted, partial restore): continue after
+    -- the log's last entry so explicit stream ids stay increasing.
+    seq = 0
+    local last = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+    if #last > 0 then
+      seq = tonumber(string.match(last[1][1], '^(%d+)')) or 0
+    end
+  end
+  seq = seq + 1
+
+  local t = redis.call('TIME')
+  local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local is_final = (final == '1')
+
+  -- The stored event: a MessagePack map {task, seq, type, data, ts, final},
+  -- with the producer's data spliced in unchanged.
+  local p = cmsgpack.pack
+  local env = '\134' .. p('task') .. p(task) .. p('seq') .. p(seq) .. p('type') .. p(etype)
+    .. p('data') .. data .. p('ts') .. p(ts) .. p('final') .. p(is_final)
+
+  redis.call('XADD', log, 'MAXLEN', '~', log_cap, seq .. '-0', 'e', env)
+  redis.call('XADD', feed, 'MAXLEN', '~', feed_cap, '*', 'task', task, 'e', env)
+
+  local state = 'open'
+  if is_final then state = 'closed' end
+  redis.call('HSET', meta, 'seq', seq, 'state', state, 'latest', env, 'updated', ts)
+  if seq == 1 then redis.call('HSET', meta, 'created', ts) end
+  if idem ~= '' then redis.call('HSET', meta, 'idem:' .. idem, seq) end
+
+  local ttl = idle_ttl
+  if is_final then ttl = retention end
+  redis.call('EXPIRE', log, ttl)
+  redis.call('EXPIRE', meta, ttl)
+  return {seq, ts, 0}
+end
+
+redis.register_function('sluice_publish', publish)

@@ -1,0 +1,162 @@
+//! The edge's configuration: every flag also as an env var `SLUICE_*`,
+//! parsed into typed values before anything binds.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use sluice_broker::PublisherConfig;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
+pub const DEFAULT_DRAIN_SECS: u64 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sluice-edge", version, about = "Sluice edge node: SSE and WebSocket fan-out of task events")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Redis URL (`redis://`, `rediss://` for TLS). Absent: an embedded
+    /// in-memory store (single node, nothing persisted).
+    #[arg(long, env = "SLUICE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This node's id (names its consumer groups `edge:<id>`). Default:
+    /// hostname plus a random suffix.
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Shard count of the deployment (same for every edge and producer).
+    #[arg(long, env = "SLUICE_SHARDS", default_value_t = sluice_shared::DEFAULT_SHARDS,
+          value_parser = clap::value_parser!(u32).range(1..=16384))]
+    pub shards: u32,
+
+    /// Most client connections (SSE + WebSocket) this node holds.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Most new connections per second (token bucket; 0 = unlimited).
+    #[arg(long, env = "SLUICE_MAX_CONNECT_RATE", default_value_t = 0)]
+    pub max_connect_rate: u32,
+
+    /// Events queued per subscriber before it is switched to catch-up.
+    #[arg(long, env = "SLUICE_QUEUE_CAPACITY", default_value_t = DEFAULT_QUEUE_CAPACITY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub queue_capacity: usize,
+
+    /// Events per history page when resuming or catching up.
+    #[arg(long, env = "SLUICE_HISTORY_PAGE", default_value_t = crate::subscription::DEFAULT_HISTORY_PAGE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub history_page: usize,
+
+    /// Seconds between SSE heartbeat comments / WebSocket pings.
+    #[arg(long, env = "SLUICE_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_secs: u64,
+
+    /// Seconds over which a draining node spreads its clients' reconnects.
+    #[arg(long, env = "SLUICE_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
+    pub drain_secs: u64,
+
+    /// HS256 secret(s) for subscriber tokens; the first signs, all verify.
+    #[arg(long, env = "SLUICE_AUTH_SECRET", value_delimiter = ',')]
+    pub auth_secret: Vec<String>,
+
+    /// Key(s) accepted for `POST /v1/tasks/{task}/events`.
+    #[arg(long, env = "SLUICE_PUBLISH_KEY", value_delimiter = ',')]
+    pub publish_key: Vec<String>,
+
+    /// Serve without subscriber auth (logged loudly).
+    #[arg(long, env = "SLUICE_INSECURE")]
+    pub insecure: bool,
+
+    /// Demo mode: embedded store unless --redis-url, open auth, and a
+    /// built-in producer running a few demo tasks.
+    #[arg(long, env = "SLUICE_DEMO")]
+    pub demo: bool,
+
+    /// Retained events per task log.
+    #[arg(long, env = "SLUICE_LOG_CAP", default_value_t = sluice_broker::publisher::DEFAULT_LOG_CAP)]
+    pub log_cap: u64,
+
+    /// Entries kept per shard feed.
+    #[arg(long, env = "SLUICE_FEED_CAP", default_value_t = sluice_broker::publisher::DEFAULT_FEED_CAP)]
+    pub feed_cap: u64,
+
+    /// Retention of a closed task, seconds (HTTP publishes through this node).
+    #[arg(long, env = "SLUICE_RETENTION_SECS", default_value_t = sluice_broker::publisher::DEFAULT_RETENTION_SECS)]
+    pub retention_secs: u64,
+
+    /// Largest accepted event data, bytes (MessagePack-encoded).
+    #[arg(long, env = "SLUICE_MAX_DATA_BYTES", default_value_t = sluice_shared::event::DEFAULT_MAX_DATA_BYTES)]
+    pub max_data_bytes: usize,
+
+    /// Log format.
+    #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks combinations clap cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.auth_secret.is_empty() && !self.insecure && !self.demo {
+            return Err("no --auth-secret given: refusing to serve unauthenticated; pass --insecure (or --demo) to run open".into());
+        }
+        if self.auth_secret.iter().any(|s| s.len() < 16) {
+            return Err("every --auth-secret must be at least 16 bytes".into());
+        }
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "edge".into());
+            format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+        })
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+
+    pub fn open_auth(&self) -> bool {
+        self.auth_secret.is_empty() && (self.insecure || self.demo)
+    }
+
+    pub fn publisher(&self) -> PublisherConfig {
+        PublisherConfig {
+            shards: self.shards,
+            log_cap: self.log_cap,
+            feed_cap: self.feed_cap,
+            retention_secs: self.retention_secs,
+            max_data_bytes: self.max_data_bytes,
+            ..PublisherConfig::default()
+        }
+    }
+
+    /// The effective configuration for the start-up log, secrets redacted.
+    pub fn redacted(&self) -> String {
+        let mut c = self.clone();
+        c.auth_secret = c.auth_secret.iter().map(|_| "***".to_owned()).collect();
+        c.publish_key = c.publish_key.iter().map(|_| "***".to_owned()).collect();
+        c.redis_url = c.redis_url.as_deref().map(sluice_broker::connect::redact_url);
+        format!("{c:?}")
+    }
+}

@@ -1,0 +1,349 @@
+//! The feed reader: one per node, tailing every shard feed through the node's
+//! consumer group (`edge:<node-id>`) with `XREADGROUP ... NOACK BLOCK`, on a
+//! dedicated connection whose response timeout is disabled (a timed-out
+//! blocking read left on the server would swallow the next message). It is
+//! the only Redis reader of live events on the node, whatever the number of
+//! connections.
+//!
+//! Losing its place (Redis restarted, the group destroyed, the feed trimmed
+//! past the cursor) is detected and answered with [`FeedSink::resync`]: every
+//! local subscription re-checks the task log from its last delivered seq.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::Pool;
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use sluice_broker::{connect, reader};
+use sluice_shared::{codec, keys};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::store::FeedSink;
+
+/// Longest single blocking read; bounds how stale a cancel check can be even
+/// if `CLIENT UNBLOCK` fails.
+pub const BLOCK: Duration = Duration::from_secs(2);
+/// Entries per read.
+pub const BATCH: usize = 1024;
+/// How often the reader checks that it did not lose entries.
+pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    pub node_id: String,
+    pub group: String,
+    pub feeds: Vec<String>,
+}
+
+impl FeedSettings {
+    pub fn new(node_id: &str, shards: u32) -> Self {
+        FeedSettings {
+            node_id: node_id.to_owned(),
+            group: keys::group_name(node_id),
+            feeds: keys::feed_keys(shards),
+        }
+    }
+}
+
+pub struct FeedReader {
+    url: String,
+    pool: Pool,
+    settings: FeedSettings,
+    sink: Arc<dyn FeedSink>,
+}
+
+/// Per-shard accounting to detect skipped entries: the group's
+/// `entries-read` at the last check, and what we received since.
+#[derive(Clone, Copy, Default)]
+struct ShardCount {
+    base: Option<u64>,
+    received: u64,
+}
+
+enum ReadOutcome {
+    Cancelled,
+    /// The connection or the groups need rebuilding.
+    Reconnect(String),
+}
+
+impl FeedReader {
+    pub fn new(url: String, pool: Pool, settings: FeedSettings, sink: Arc<dyn FeedSink>) -> Self {
+        FeedReader {
+            url,
+            pool,
+            settings,
+            sink,
+        }
+    }
+
+    /// Runs until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        let span = tracing::info_span!("feed_reader", group = %self.settings.group);
+        async move {
+            let mut backoff = BACKOFF_MIN;
+            loop {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                match self.session(&cancel).await {
+                    ReadOutcome::Cancelled => break,
+                    ReadOutcome::Reconnect(cause) => {
+                        self.sink.set_live(false);
+                        tracing::warn!(cause = %cause, retry_in_ms = backoff.as_millis() as u64, "feed reader lost Redis");
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+            }
+            self.sink.set_live(false);
+            tracing::debug!("feed reader stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One connection's life: set up groups, then read until an error.
+    async fn session(&self, cancel: &CancellationToken) -> ReadOutcome {
+        let mut conn = match connect::dedicated(&self.url).await {
+            Ok(c) => c,
+            Err(e) => return ReadOutcome::Reconnect(e.to_string()),
+        };
+        if let Err(e) = self.ensure_groups(&mut conn).await {
+            return ReadOutcome::Reconnect(e.to_string());
+        }
+        if let Err(e) = crate::store::redis::reload_function(&self.pool).await {
+            return ReadOutcome::Reconnect(e.to_string());
+        }
+        let client_id: Option<i64> = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.ok();
+        let mut counts = vec![ShardCount::default(); self.settings.feeds.len()];
+        if let Err(e) = self.check(&mut counts).await {
+            return ReadOutcome::Reconnect(e.to_string());
+        }
+        // Whatever happened while we were not reading (first start, a Redis
+        // restart, a destroyed group) is recovered from the task logs.
+        self.sink.resync();
+        self.sink.set_live(true);
+        tracing::info!(shards = self.settings.feeds.len(), "feed reader attached");
+        let mut last_check = Instant::now();
+
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.settings.group)
+            .arg(&self.settings.node_id)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("NOACK")
+            .arg("STREAMS");
+        for f in &self.settings.feeds {
+            cmd.arg(f);
+        }
+        for _ in &self.settings.feeds {
+            cmd.arg(">");
+        }
+
+        loop {
+            let read = cmd.query_async::<Value>(&mut conn);
+            tokio::pin!(read);
+            // Cancel-safety: dropping `read` would leave a blocked read on the
+            // server, so on cancel we unblock it and let it finish first.
+            let reply = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.unblock(client_id).await;
+                    let _ = tokio::time::timeout(BLOCK, &mut read).await;
+                    return ReadOutcome::Cancelled;
+                }
+                r = &mut read => r,
+            };
+            match reply {
+                Ok(v) => self.dispatch(&v, &mut counts),
+                Err(e) if is_nogroup(&e) => {
+                    // Redis restarted empty or someone destroyed our group.
+                    return ReadOutcome::Reconnect(format!("consumer group gone: {e}"));
+                }
+                Err(e) => return ReadOutcome::Reconnect(e.to_string()),
+            }
+            if last_check.elapsed() >= CHECK_EVERY {
+                last_check = Instant::now();
+                match self.check(&mut counts).await {
+                    Ok(true) => {
+                        tracing::warn!("feed entries were trimmed before this node read them; resyncing subscriptions");
+                        self.sink.resync();
+                    }
+                    Ok(false) => {}
+                    Err(e) => return ReadOutcome::Reconnect(e.to_string()),
+                }
+            }
+        }
+    }
+
+    async fn ensure_groups(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        for feed in &self.settings.feeds {
+            let r = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(feed)
+                .arg(&self.settings.group)
+                .arg("$")
+                .arg("MKSTREAM")
+                .query_async::<Value>(conn)
+                .await;
+            match r {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares the group's `entries-read` with what we received. Returns
+    /// true when entries were skipped (trimmed before we read them).
+    async fn check(&self, counts: &mut [ShardCount]) -> Result<bool, crate::store::StoreError> {
+        let mut conn = self.pool.get().await?;
+        let mut lost = false;
+        for (i, feed) in self.settings.feeds.iter().enumerate() {
+            let reply: Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(feed)
+                .query_async(&mut *conn)
+                .await?;
+            let read = group_entries_read(&reply, &self.settings.group);
+            let c = &mut counts[i];
+            match (c.base, read) {
+                (Some(base), Some(now)) => {
+                    if now.saturating_sub(base) > c.received {
+                        lost = true;
+                    }
+                }
+                (Some(_), None) => lost = true,
+                _ => {}
+            }
+            *c = ShardCount {
+                base: read,
+                received: 0,
+            };
+        }
+        Ok(lost)
+    }
+
+    fn dispatch(&self, reply: &Value, counts: &mut [ShardCount]) {
+        for (stream, entries) in streams_of(reply) {
+            let shard = self.settings.feeds.iter().position(|f| f.as_bytes() == stream);
+            let Ok(entries) = reader::parse_entries(entries) else {
+                tracing::warn!("malformed XREADGROUP reply skipped");
+                continue;
+            };
+            if let Some(i) = shard {
+                counts[i].received += entries.len() as u64;
+            }
+            for (id, fields) in entries {
+                let Some(task) = fields.get("task").and_then(|t| std::str::from_utf8(t).ok()) else {
+                    tracing::warn!(entry = %id, "feed entry without a task field skipped");
+                    continue;
+                };
+                if !self.sink.wants(task) {
+                    continue;
+                }
+                let Some(bytes) = fields.get("e") else {
+                    tracing::warn!(entry = %id, "feed entry without an event skipped");
+                    continue;
+                };
+                match codec::decode_event(bytes) {
+                    Ok(ev) if ev.task == task => self.sink.deliver(&ev),
+                    Ok(_) => tracing::warn!(entry = %id, "feed entry with mismatched task skipped"),
+                    Err(e) => tracing::warn!(entry = %id, cause = %e, "undecodable feed entry skipped"),
+                }
+            }
+        }
+    }
+
+    async fn unblock(&self, client_id: Option<i64>) {
+        let Some(id) = client_id else { return };
+        if let Ok(mut conn) = self.pool.get().await {
+            let _ = redis::cmd("CLIENT")
+                .arg("UNBLOCK")
+                .arg(id)
+                .query_async::<Value>(&mut *conn)
+                .await;
+        }
+    }
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+/// `(stream key, entries)` pairs of an XREADGROUP reply, RESP2 or RESP3.
+fn streams_of(reply: &Value) -> Vec<(&[u8], &Value)> {
+    let mut out = Vec::new();
+    match reply {
+        Value::Array(items) => {
+            for item in items {
+                if let Value::Array(pair) = item {
+                    if let [k, v] = pair.as_slice() {
+                        if let Some(k) = reader::bulk_bytes(k) {
+                            out.push((k, v));
+                        }
+                    }
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, v) in pairs {
+                if let Some(k) = reader::bulk_bytes(k) {
+                    out.push((k, v));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// `entries-read` of `group` in an `XINFO GROUPS` reply.
+fn group_entries_read(reply: &Value, group: &str) -> Option<u64> {
+    let Value::Array(groups) = reply else {
+        return None;
+    };
+    for g in groups {
+        let fields: Vec<(String, &Value)> = match g {
+            Value::Array(kv) => kv
+                .chunks(2)
+                .filter_map(|c| match c {
+                    [k, v] => reader::bulk_string(k).map(|k| (k, v)),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(kv) => kv
+                .iter()
+                .filter_map(|(k, v)| reader::bulk_string(k).map(|k| (k, v)))
+                .collect(),
+            _ => continue,
+        };
+        let name = fields
+            .iter()
+            .find(|(k, _)| k == "name")
+            .and_then(|(_, v)| reader::bulk_string(v));
+        if name.as_deref() != Some(group) {
+            continue;
+        }
+        return fields
+            .iter()
+            .find(|(k, _)| k == "entries-read")
+            .and_then(|(_, v)| match v {
+                Value::Int(n) => u64::try_from(*n).ok(),
+                _ => None,
+            });
+    }
+    None
+}

@@ -1,0 +1,310 @@
+//! The per-node hub: task → local subscribers. The feed reader hands it each
+//! live event once; the hub encodes it once (shared `Bytes` for SSE and
+//! WebSocket) and offers it to every subscriber with `try_send` into that
+//! subscriber's bounded queue. It never waits on a client: a full queue flags
+//! the subscriber as overflowed, and the subscriber catches up from history at
+//! its own pace.
+//!
+//! The lock is a short `std::sync::Mutex` section that never spans an
+//! `.await` and never does I/O.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use sluice_shared::event::{format_ts, Snapshot, RESET_TYPE};
+use sluice_shared::{Seq, StoredEvent, TaskId};
+use tokio::sync::{mpsc, Notify};
+
+use crate::metrics::Metrics;
+use crate::store::FeedSink;
+
+/// One event, encoded once for every transport.
+#[derive(Debug)]
+pub struct Event {
+    pub seq: Seq,
+    pub is_final: bool,
+    /// A `sluice.reset` frame (the data is a snapshot).
+    pub is_reset: bool,
+    /// Publish time (ms since the epoch); 0 for resets.
+    pub ts: i64,
+    /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`
+    pub sse: Bytes,
+    /// The JSON envelope (one WebSocket text frame).
+    pub json: Bytes,
+}
+
+impl Event {
+    pub fn from_stored(ev: &StoredEvent) -> Arc<Event> {
+        let json = ev.envelope_json();
+        let sse = sse_frame(ev.seq, &ev.kind, &json);
+        Arc::new(Event {
+            seq: ev.seq,
+            is_final: ev.is_final,
+            is_reset: false,
+            ts: ev.ts,
+            sse,
+            json: Bytes::from(json),
+        })
+    }
+
+    /// The `sluice.reset` frame: SSE data is the snapshot; over WebSocket an
+    /// envelope of type `sluice.reset` whose data is the snapshot. `snapshot`
+    /// is `None` when the task is unknown (expired entirely).
+    pub fn reset(task: &TaskId, snapshot: Option<&Snapshot>) -> Arc<Event> {
+        let (seq, snap_json) = match snapshot {
+            Some(s) => (s.seq, serde_json::to_value(s).unwrap_or(serde_json::Value::Null)),
+            None => (
+                0,
+                serde_json::json!({"task": task.as_str(), "seq": 0, "state": "unknown", "latest": null}),
+            ),
+        };
+        let data = serde_json::to_vec(&snap_json).unwrap_or_default();
+        let envelope = serde_json::json!({
+            "task": task.as_str(),
+            "seq": seq,
+            "type": RESET_TYPE,
+            "data": snap_json,
+            "ts": format_ts(chrono::Utc::now().timestamp_millis()),
+            "final": false,
+        });
+        let json = serde_json::to_vec(&envelope).unwrap_or_default();
+        Arc::new(Event {
+            seq,
+            is_final: false,
+            is_reset: true,
+            ts: 0,
+            sse: sse_frame(seq, RESET_TYPE, &data),
+            json: Bytes::from(json),
+        })
+    }
+}
+
+/// Builds an SSE frame. `data` is compact JSON (no newlines), so one `data:`
+/// line carries it.
+pub fn sse_frame(seq: Seq, kind: &str, data: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(data.len() + kind.len() + 40);
+    b.extend_from_slice(b"id: ");
+    b.extend_from_slice(seq.to_string().as_bytes());
+    b.extend_from_slice(b"\nevent: ");
+    b.extend_from_slice(kind.as_bytes());
+    b.extend_from_slice(b"\ndata: ");
+    b.extend_from_slice(data);
+    b.extend_from_slice(b"\n\n");
+    Bytes::from(b)
+}
+
+/// What the hub and a subscription share.
+#[derive(Debug)]
+pub struct SubShared {
+    tx: mpsc::Sender<Arc<Event>>,
+    /// Set when the queue overflowed or the feed lost its place; the
+    /// subscription then catches up from history.
+    pub(crate) catch_up: AtomicBool,
+    pub(crate) wake: Notify,
+}
+
+impl SubShared {
+    fn flag(&self) {
+        self.catch_up.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: HashMap<String, HashMap<u64, Arc<SubShared>>>,
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+    live: AtomicBool,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// A subscriber's membership in the hub. Dropping it unregisters.
+pub struct Registration {
+    hub: Arc<Hub>,
+    task: String,
+    id: u64,
+    pub(crate) rx: mpsc::Receiver<Arc<Event>>,
+    pub(crate) shared: Arc<SubShared>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.task, self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Hub {
+            inner: Mutex::new(Inner::default()),
+            next_id: AtomicU64::new(1),
+            live: AtomicBool::new(false),
+            queue_capacity: queue_capacity.max(1),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Critical sections only insert/remove map entries and try_send;
+        // a poisoned lock holds a consistent map.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the live fan-out of `task`. Never waits on I/O.
+    pub fn register(self: &Arc<Self>, task: &TaskId) -> Registration {
+        let (tx, rx) = mpsc::channel(self.queue_capacity);
+        let shared = Arc::new(SubShared {
+            tx,
+            catch_up: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut inner = self.lock();
+            let subs = inner.tasks.entry(task.as_str().to_owned()).or_default();
+            if subs.is_empty() {
+                self.metrics.tasks_subscribed.inc();
+            }
+            subs.insert(id, shared.clone());
+        }
+        self.metrics.subscriptions.inc();
+        Registration {
+            hub: self.clone(),
+            task: task.as_str().to_owned(),
+            id,
+            rx,
+            shared,
+        }
+    }
+
+    fn unregister(&self, task: &str, id: u64) {
+        let mut inner = self.lock();
+        if let Some(subs) = inner.tasks.get_mut(task) {
+            if subs.remove(&id).is_some() {
+                self.metrics.subscriptions.dec();
+            }
+            if subs.is_empty() {
+                inner.tasks.remove(task);
+                self.metrics.tasks_subscribed.dec();
+            }
+        }
+    }
+
+    /// Number of tasks with local subscribers.
+    pub fn task_count(&self) -> usize {
+        self.lock().tasks.len()
+    }
+
+    /// Subscriber counts per task, most subscribed first (dashboard).
+    pub fn top_tasks(&self, n: usize) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .lock()
+            .tasks
+            .iter()
+            .map(|(t, s)| (t.clone(), s.len()))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// True while the live feed is attached.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Offers one encoded event to every local subscriber of its task.
+    pub fn dispatch(&self, task: &str, event: &Arc<Event>) {
+        let inner = self.lock();
+        let Some(subs) = inner.tasks.get(task) else {
+            return;
+        };
+        for sub in subs.values() {
+            if sub.catch_up.load(Ordering::Acquire) {
+                continue;
+            }
+            match sub.tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.catchups.inc();
+                    sub.flag();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+impl FeedSink for Hub {
+    fn wants(&self, task: &str) -> bool {
+        self.lock().tasks.contains_key(task)
+    }
+
+    fn deliver(&self, event: &StoredEvent) {
+        self.metrics.feed_events.inc();
+        let encoded = Event::from_stored(event);
+        self.dispatch(&event.task, &encoded);
+    }
+
+    fn resync(&self) {
+        let inner = self.lock();
+        for subs in inner.tasks.values() {
+            for sub in subs.values() {
+                sub.flag();
+            }
+        }
+    }
+
+    fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: Seq) -> StoredEvent {
+        StoredEvent {
+            task: "t".into(),
+            seq,
+            kind: "k".into(),
+            data: serde_json::json!(seq),
+            ts: 0,
+            is_final: false,
+        }
+    }
+
+    #[test]
+    fn sse_frame_layout() {
+        let f = Event::from_stored(&ev(7));
+        let s = std::str::from_utf8(&f.sse).expect("utf8");
+        assert!(s.starts_with("id: 7\nevent: k\ndata: {\"task\":\"t\",\"seq\":7,"), "{s}");
+        assert!(s.ends_with("}\n\n"));
+    }
+
+    #[test]
+    fn full_queue_flags_and_never_blocks() {
+        let hub = Hub::new(2, Arc::new(Metrics::default()));
+        let task = TaskId::parse("t").expect("task");
+        let mut reg = hub.register(&task);
+        for s in 1..=10 {
+            hub.deliver(&ev(s));
+        }
+        assert!(reg.shared.catch_up.load(Ordering::Acquire));
+        assert_eq!(reg.rx.try_recv().expect("1").seq, 1);
+        assert_eq!(reg.rx.try_recv().expect("2").seq, 2);
+        assert!(reg.rx.try_recv().is_err());
+        assert_eq!(hub.task_count(), 1);
+        drop(reg);
+        assert_eq!(hub.task_count(), 0);
+        assert!(!hub.wants("t"));
+    }
+}

@@ -1,0 +1,122 @@
+//! Prometheus metrics of one node (prometheus-client). Labels stay
+//! low-cardinality: never a task id.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: Transport,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RefuseReason {
+    ConnectionLimit,
+    ConnectRate,
+    Draining,
+    Unauthorized,
+    Forbidden,
+    BadRequest,
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: RefuseReason,
+}
+
+/// Every metric of the node, cheap to share (`Arc<Metrics>`); values can be
+/// read in-process too (tests, dashboard, readiness).
+pub struct Metrics {
+    pub connections: Family<TransportLabel, Gauge>,
+    pub connection_tasks: Gauge,
+    pub subscriptions: Gauge,
+    pub tasks_subscribed: Gauge,
+    pub delivered: Family<TransportLabel, Counter>,
+    pub feed_events: Counter,
+    pub published: Counter,
+    pub catchups: Counter,
+    pub gaps: Counter,
+    pub resets: Counter,
+    pub refused: Family<ReasonLabel, Counter>,
+    pub delivery_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let buckets = [
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        Metrics {
+            connections: Family::default(),
+            connection_tasks: Gauge::default(),
+            subscriptions: Gauge::default(),
+            tasks_subscribed: Gauge::default(),
+            delivered: Family::default(),
+            feed_events: Counter::default(),
+            published: Counter::default(),
+            catchups: Counter::default(),
+            gaps: Counter::default(),
+            resets: Counter::default(),
+            refused: Family::default(),
+            delivery_latency: Histogram::new(buckets),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn open_connections(&self) -> i64 {
+        self.connections
+            .get_or_create(&TransportLabel {
+                transport: Transport::Sse,
+            })
+            .get()
+            + self
+                .connections
+                .get_or_create(&TransportLabel {
+                    transport: Transport::Ws,
+                })
+                .get()
+    }
+
+    pub fn refuse(&self, reason: RefuseReason) {
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Registers everything under the `sluice_edge_` prefix.
+    pub fn registry(self: &std::sync::Arc<Self>) -> Registry {
+        let mut r = Registry::with_prefix("sluice_edge");
+        r.register("connections", "Open client connections", self.connections.clone());
+        r.register(
+            "connection_tasks",
+            "Spawned per-connection tasks alive (WebSocket sessions, SSE bodies)",
+            self.connection_tasks.clone(),
+        );
+        r.register("subscriptions", "Live (connection, task) subscriptions", self.subscriptions.clone());
+        r.register("tasks_subscribed", "Tasks with at least one local subscriber", self.tasks_subscribed.clone());
+        r.register("events_delivered", "Events written to clients", self.delivered.clone());
+        r.register("feed_events", "Live events received from the feed for local subscribers", self.feed_events.clone());
+        r.register("events_published", "Events published through this node's HTTP API", self.published.clone());
+        r.register("catchups", "Subscribers switched to catch-up from history (queue overflow)", self.catchups.clone());
+        r.register("gaps", "Gaps in the live feed filled from history", self.gaps.clone());
+        r.register("resets", "sluice.reset frames sent (history no longer retained)", self.resets.clone());
+        r.register("connections_refused", "Connections refused, by reason", self.refused.clone());
+        r.register_with_unit(
+            "delivery_latency",
+            "Publish timestamp to socket write",
+            prometheus_client::registry::Unit::Seconds,
+            self.delivery_latency.clone(),
+        );
+        r
+    }
+}

@@ -1,0 +1,111 @@
+//! The backend behind an edge node. Two implementations share one contract
+//! (and one conformance suite in `sluice-tests`):
+//!
+//! - [`redis::RedisStore`]: production. Publish is the atomic
+//!   `sluice_publish` function; history is the task log; the live feed is one
+//!   consumer-group reader per node over all shard feeds.
+//! - [`memory::MemoryStore`]: the embedded single-node default. Same
+//!   semantics, kept in this process (lost on restart).
+//!
+//! Guarantees every implementation gives:
+//! - seqs of a task are 1, 2, 3 ... with no gaps, assigned at publish;
+//! - `history(task, after, n)` returns retained events with seq > after in
+//!   order; the first returned seq is `after + 1` unless those events are no
+//!   longer retained;
+//! - the feed delivers the events of one task in seq order; it may miss events
+//!   (a Redis blip, a trimmed feed) and then calls [`FeedSink::resync`] or
+//!   leaves a gap that the subscriber fills from history.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sluice_broker::{PublishError, PublishOptions, Published};
+use sluice_shared::event::Snapshot;
+use sluice_shared::{Seq, StoredEvent, TaskId};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data of task {task} is corrupt: {what}")]
+    Corrupt { task: String, what: String },
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+impl From<sluice_broker::ReadError> for StoreError {
+    fn from(e: sluice_broker::ReadError) -> Self {
+        match e {
+            sluice_broker::ReadError::Redis(e) => StoreError::Unavailable(e.to_string()),
+            sluice_broker::ReadError::Corrupt { task, what } => StoreError::Corrupt { task, what },
+        }
+    }
+}
+
+impl From<deadpool_redis::PoolError> for StoreError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(e: ::redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Where the live feed delivers: the node's hub.
+pub trait FeedSink: Send + Sync {
+    /// True when some local subscriber follows `task` (lets the reader skip
+    /// decoding events nobody here wants).
+    fn wants(&self, task: &str) -> bool;
+    /// One live event, in seq order per task.
+    fn deliver(&self, event: &StoredEvent);
+    /// The feed lost its place: every subscription must re-check history.
+    fn resync(&self);
+    /// The feed is attached and delivering (readiness).
+    fn set_live(&self, live: bool);
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"redis"` or `"memory"`.
+    fn kind(&self) -> &'static str;
+
+    async fn publish(
+        &self,
+        task: &TaskId,
+        kind: &str,
+        data: &Value,
+        opts: &PublishOptions,
+    ) -> Result<Published, StoreError>;
+
+    /// The latest event and state; `None` for an unknown task.
+    async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Retained events with seq > `after`, oldest first, at most `limit`.
+    async fn history(
+        &self,
+        task: &TaskId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Cheap reachability check (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Runs the live feed into `sink` until `cancel` fires. Reconnects by
+    /// itself; never returns early except on cancel.
+    async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken);
+
+    /// Releases what this node holds in the backend (its consumer groups),
+    /// at the end of a drain.
+    async fn release(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,225 @@
+//! The embedded in-memory store: one process, the same semantics as Redis
+//! (seqs, idempotency, closing, log cap, expiry), nothing persisted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sluice_broker::{PublishError, PublishOptions, Published, PublisherConfig};
+use sluice_shared::event::{Snapshot, TaskState};
+use sluice_shared::task::{validate_event_type, validate_idempotency_key};
+use sluice_shared::{codec, Seq, StoredEvent, TaskId};
+use tokio_util::sync::CancellationToken;
+
+use super::{FeedSink, Store, StoreError};
+
+/// How often expired tasks are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+struct MemTask {
+    seq: Seq,
+    closed: bool,
+    log: VecDeque<StoredEvent>,
+    idem: HashMap<String, Seq>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    tasks: HashMap<String, MemTask>,
+    sinks: Vec<Arc<dyn FeedSink>>,
+}
+
+/// In-process store. Cheap to clone.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    config: Arc<PublisherConfig>,
+}
+
+impl MemoryStore {
+    pub fn new(config: PublisherConfig) -> Self {
+        MemoryStore {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            config: Arc::new(config),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // in a way later calls would misread, so poisoning is ignored.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        self.lock().tasks.retain(|_, t| t.expires > now);
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn live<'a>(inner: &'a mut Inner, task: &str) -> Option<&'a mut MemTask> {
+    let now = Instant::now();
+    if inner.tasks.get(task).is_some_and(|t| t.expires <= now) {
+        inner.tasks.remove(task);
+    }
+    inner.tasks.get_mut(task)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(
+        &self,
+        task: &TaskId,
+        kind: &str,
+        data: &Value,
+        opts: &PublishOptions,
+    ) -> Result<Published, StoreError> {
+        validate_event_type(kind).map_err(PublishError::InvalidType)?;
+        if let Some(k) = &opts.idempotency_key {
+            validate_idempotency_key(k).map_err(PublishError::InvalidIdempotencyKey)?;
+        }
+        let size = codec::encode_data(data).map_err(PublishError::from)?.len();
+        if size > self.config.max_data_bytes {
+            return Err(PublishError::TooLarge {
+                size,
+                max: self.config.max_data_bytes,
+            }
+            .into());
+        }
+        let mut inner = self.lock();
+        let ttl = Duration::from_secs(if opts.is_final {
+            self.config.retention_secs
+        } else {
+            self.config.idle_ttl_secs
+        });
+        let ts = now_ms();
+        let ev = {
+            let entry = match live(&mut inner, task.as_str()) {
+                Some(t) => t,
+                None => inner
+                    .tasks
+                    .entry(task.as_str().to_owned())
+                    .or_insert_with(|| MemTask {
+                        seq: 0,
+                        closed: false,
+                        log: VecDeque::new(),
+                        idem: HashMap::new(),
+                        expires: Instant::now(),
+                    }),
+            };
+            if let Some(k) = &opts.idempotency_key {
+                if let Some(seq) = entry.idem.get(k) {
+                    return Ok(Published {
+                        seq: *seq,
+                        ts,
+                        duplicate: true,
+                    });
+                }
+            }
+            if entry.closed {
+                return Err(PublishError::Closed(task.to_string()).into());
+            }
+            entry.seq += 1;
+            let ev = StoredEvent {
+                task: task.to_string(),
+                seq: entry.seq,
+                kind: kind.to_owned(),
+                data: data.clone(),
+                ts,
+                is_final: opts.is_final,
+            };
+            entry.log.push_back(ev.clone());
+            while entry.log.len() as u64 > self.config.log_cap {
+                entry.log.pop_front();
+            }
+            if let Some(k) = &opts.idempotency_key {
+                entry.idem.insert(k.clone(), entry.seq);
+            }
+            entry.closed = opts.is_final;
+            entry.expires = Instant::now() + ttl;
+            ev
+        };
+        // Delivered under the store lock so the feed sees a task's events in
+        // seq order; sinks never block (they only `try_send`).
+        for sink in &inner.sinks {
+            if sink.wants(&ev.task) {
+                sink.deliver(&ev);
+            }
+        }
+        Ok(Published {
+            seq: ev.seq,
+            ts,
+            duplicate: false,
+        })
+    }
+
+    async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = live(&mut inner, task.as_str()) else {
+            return Ok(None);
+        };
+        let Some(latest) = t.log.back() else {
+            return Ok(None);
+        };
+        Ok(Some(Snapshot {
+            task: task.to_string(),
+            seq: t.seq,
+            state: if t.closed {
+                TaskState::Closed
+            } else {
+                TaskState::Open
+            },
+            latest: latest.envelope(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        task: &TaskId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut inner = self.lock();
+        let Some(t) = live(&mut inner, task.as_str()) else {
+            return Ok(Vec::new());
+        };
+        let first = t.log.front().map(|e| e.seq).unwrap_or(0);
+        let skip = after.saturating_sub(first.saturating_sub(1));
+        Ok(t
+            .log
+            .iter()
+            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            .take(limit.max(1))
+            .cloned()
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
+        self.lock().sinks.push(sink.clone());
+        sink.set_live(true);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+        sink.set_live(false);
+        self.lock().sinks.retain(|s| !Arc::ptr_eq(s, &sink));
+    }
+}

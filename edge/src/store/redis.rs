@@ -1,0 +1,121 @@
+//! The Redis store: publish through `sluice_publish`, snapshot and history
+//! from the task keys, live feed through the node's consumer groups
+//! ([`crate::feed::FeedReader`]).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sluice_broker::{connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig};
+use sluice_shared::event::Snapshot;
+use sluice_shared::{keys, Seq, StoredEvent, TaskId};
+use tokio_util::sync::CancellationToken;
+
+use super::{FeedSink, Store, StoreError};
+use crate::feed::{FeedReader, FeedSettings};
+
+pub struct RedisStore {
+    url: String,
+    publisher: Publisher,
+    feed: FeedSettings,
+}
+
+impl RedisStore {
+    /// Builds the pool and loads the function. Fails when Redis cannot be
+    /// reached at start (the node would not be useful).
+    pub async fn connect(
+        url: &str,
+        node_id: &str,
+        config: PublisherConfig,
+    ) -> Result<Self, StoreError> {
+        let pool = connect::pool(url, config.pool_size)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let shards = config.shards;
+        let publisher = Publisher::from_pool(pool, config);
+        publisher.load_function().await?;
+        Ok(RedisStore {
+            url: url.to_owned(),
+            publisher,
+            feed: FeedSettings::new(node_id, shards),
+        })
+    }
+
+    fn shards(&self) -> u32 {
+        self.publisher.config().shards
+    }
+
+    pub fn pool(&self) -> &deadpool_redis::Pool {
+        self.publisher.pool()
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(
+        &self,
+        task: &TaskId,
+        kind: &str,
+        data: &Value,
+        opts: &PublishOptions,
+    ) -> Result<Published, StoreError> {
+        let bytes = sluice_shared::codec::encode_data(data).map_err(sluice_broker::PublishError::from)?;
+        Ok(self.publisher.publish_encoded(task, kind, &bytes, opts).await?)
+    }
+
+    async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
+        let mut conn = self.pool().get().await?;
+        Ok(reader::snapshot(&mut *conn, task, self.shards()).await?)
+    }
+
+    async fn history(
+        &self,
+        task: &TaskId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut conn = self.pool().get().await?;
+        Ok(reader::history(&mut *conn, task, self.shards(), after, limit).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool().get().await?;
+        redis::cmd("PING").query_async::<String>(&mut *conn).await?;
+        Ok(())
+    }
+
+    async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
+        let reader = FeedReader::new(
+            self.url.clone(),
+            self.pool().clone(),
+            self.feed.clone(),
+            sink,
+        );
+        reader.run(cancel).await;
+    }
+
+    async fn release(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool().get().await?;
+        let group = keys::group_name(&self.feed.node_id);
+        for feed in keys::feed_keys(self.shards()) {
+            redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(&feed)
+                .arg(&group)
+                .query_async::<i64>(&mut *conn)
+                .await?;
+        }
+        tracing::info!(group = %group, "consumer groups destroyed");
+        Ok(())
+    }
+}
+
+/// Loads the function again (used by the feed reader after Redis lost it).
+pub(crate) async fn reload_function(pool: &deadpool_redis::Pool) -> Result<(), StoreError> {
+    let mut conn = pool.get().await?;
+    function::load(&mut *conn).await?;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! A subscription: one (connection, task) pair with its own cursor, the last
+//! delivered seq. Every way of getting events — snapshot on connect, resume,
+//! gap filling, slow-client catch-up, re-sync after the feed lost its place —
+//! reduces to one rule: deliver from `last + 1`, reading the task log until
+//! caught up, then live; anything at or below `last` is skipped.
+//!
+//! Memory per subscription is bounded: the live queue (`queue_capacity`
+//! events, shared `Arc`s) plus at most one history page.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use sluice_shared::event::{Snapshot, TaskState};
+use sluice_shared::{Seq, TaskId};
+
+use crate::hub::{Event, Hub, Registration};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Default history page size for resume and catch-up.
+pub const DEFAULT_HISTORY_PAGE: usize = 256;
+
+/// Where a subscriber wants to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// No resume point: the snapshot (latest event), then live.
+    Latest,
+    /// Resume point: every retained event with seq > N, then live.
+    After(Seq),
+}
+
+/// The outcome of opening a subscription.
+pub enum Opening {
+    /// The resume point is at or past the task's final event: nothing more
+    /// will ever come (SSE answers 204, WebSocket closes 1000).
+    Finished,
+    Stream(Subscription),
+}
+
+pub struct Subscription {
+    task: TaskId,
+    reg: Registration,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// Last delivered seq.
+    last: Seq,
+    /// Ready to deliver, in order (a history page, a snapshot, a reset).
+    pending: VecDeque<Arc<Event>>,
+    /// History must be read from `last + 1` before going live.
+    catching_up: bool,
+    /// The final event was delivered.
+    done: bool,
+    page: usize,
+}
+
+impl Subscription {
+    /// Registers with the hub first, then reads the store, so no live event
+    /// can fall between the read and the registration.
+    pub async fn open(
+        hub: &Arc<Hub>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        task: TaskId,
+        start: Start,
+        page: usize,
+    ) -> Result<Opening, StoreError> {
+        let reg = hub.register(&task);
+        let snapshot = store.snapshot(&task).await?;
+        let mut sub = Subscription {
+            task,
+            reg,
+            store,
+            metrics,
+            last: 0,
+            pending: VecDeque::new(),
+            catching_up: false,
+            done: false,
+            page: page.max(1),
+        };
+        match (start, snapshot) {
+            (Start::Latest, None) => {}
+            (Start::Latest, Some(s)) => {
+                sub.last = s.seq.saturating_sub(1);
+                let ev = sluice_shared::StoredEvent {
+                    task: s.latest.task.clone(),
+                    seq: s.latest.seq,
+                    kind: s.latest.kind.clone(),
+                    data: s.latest.data.clone(),
+                    ts: chrono::DateTime::parse_from_rfc3339(&s.latest.ts)
+                        .map(|t| t.timestamp_millis())
+                        .unwrap_or(0),
+                    is_final: s.latest.is_final,
+                };
+                sub.pending.push_back(Event::from_stored(&ev));
+            }
+            (Start::After(0), None) => {}
+            (Start::After(_), None) => sub.reset(None),
+            (Start::After(n), Some(s)) => {
+                if n >= s.seq && s.state == TaskState::Closed {
+                    return Ok(Opening::Finished);
+                }
+                if n > s.seq {
+                    // The id was reused or the store lost data.
+                    sub.reset(Some(&s));
+                } else {
+                    sub.last = n;
+                    sub.catching_up = n < s.seq;
+                }
+            }
+        }
+        Ok(Opening::Stream(sub))
+    }
+
+    pub fn task(&self) -> &TaskId {
+        &self.task
+    }
+
+    /// Last delivered seq (the resume point a reconnect would use).
+    pub fn last_seq(&self) -> Seq {
+        self.last
+    }
+
+    fn reset(&mut self, snapshot: Option<&Snapshot>) {
+        self.metrics.resets.inc();
+        self.pending.clear();
+        self.pending.push_back(Event::reset(&self.task, snapshot));
+        // A closed task ends the stream right after the reset.
+        self.done = snapshot.is_some_and(|s| s.state == TaskState::Closed);
+        self.catching_up = false;
+    }
+
+    /// The next event that is ready without I/O (a queued live event or a
+    /// buffered history page), or `None` if getting one needs to wait. Lets
+    /// transports batch several events into one socket write.
+    pub fn next_ready(&mut self) -> Option<Arc<Event>> {
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                if ev.is_reset {
+                    self.last = ev.seq;
+                    return Some(ev);
+                }
+                if ev.seq <= self.last {
+                    continue;
+                }
+                if ev.seq > self.last + 1 {
+                    // Not contiguous (cannot happen for pages): refill.
+                    self.pending.clear();
+                    self.catching_up = true;
+                    return None;
+                }
+                self.last = ev.seq;
+                if ev.is_final {
+                    self.done = true;
+                    self.pending.clear();
+                }
+                return Some(ev);
+            }
+            if self.done || self.catching_up || self.reg.shared.catch_up.load(Ordering::Acquire) {
+                return None;
+            }
+            match self.reg.rx.try_recv() {
+                Ok(ev) => self.accept_live(ev),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    fn accept_live(&mut self, ev: Arc<Event>) {
+        if ev.seq <= self.last {
+            return;
+        }
+        if ev.seq == self.last + 1 {
+            self.pending.push_back(ev);
+        } else {
+            // Missed feed entries: fill from the task log.
+            self.metrics.gaps.inc();
+            self.catching_up = true;
+        }
+    }
+
+    /// The next event to deliver; `None` once the task's final event was
+    /// delivered (or the node is shutting down). Cancel-safe: state only
+    /// changes after an `.await` returns.
+    pub async fn next(&mut self) -> Result<Option<Arc<Event>>, StoreError> {
+        loop {
+            if let Some(ev) = self.next_ready() {
+                return Ok(Some(ev));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if self.reg.shared.catch_up.swap(false, Ordering::AcqRel) {
+                // Overflowed or re-sync: drop what was queued, Redis is the
+                // buffer from here.
+                while self.reg.rx.try_recv().is_ok() {}
+                self.catching_up = true;
+            }
+            if self.catching_up {
+                self.fill().await?;
+                continue;
+            }
+            // Live. Both branches are cancel-safe (`notified` and `recv`).
+            tokio::select! {
+                biased;
+                _ = self.reg.shared.wake.notified() => {}
+                ev = self.reg.rx.recv() => match ev {
+                    Some(ev) => self.accept_live(ev),
+                    None => return Ok(None),
+                },
+            }
+        }
+    }
+
+    /// Reads one history page after `last`.
+    async fn fill(&mut self) -> Result<(), StoreError> {
+        let page = self.store.history(&self.task, self.last, self.page).await?;
+        match page.first() {
+            Some(first) if first.seq == self.last + 1 => {
+                let full = page.len() >= self.page;
+                self.pending.extend(page.iter().map(Event::from_stored));
+                self.catching_up = full;
+            }
+            Some(_) => {
+                // The events right after `last` are no longer retained.
+                let snap = self.store.snapshot(&self.task).await?;
+                self.reset(snap.as_ref());
+            }
+            None => {
+                // Caught up, unless the log is gone while the task moved on.
+                let snap = self.store.snapshot(&self.task).await?;
+                match snap {
+                    Some(s) if s.seq > self.last => self.reset(Some(&s)),
+                    Some(s) if s.seq < self.last => self.reset(Some(&s)),
+                    None if self.last > 0 => self.reset(None),
+                    _ => self.catching_up = false,
+                }
+            }
+        }
+        Ok(())
+    }
+}

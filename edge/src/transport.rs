@@ -1,0 +1,3 @@
+//! Client transports over the same subscription machinery.
+
+pub mod sse;

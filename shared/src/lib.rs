@@ -1,0 +1,14 @@
+//! Sluice's shared vocabulary: task ids, event envelopes, the Redis key
+//! schema and the storage codec. Nothing in this crate does I/O, so the
+//! producer (`sluice-broker`), the edge (`sluice-edge`) and the tests agree on
+//! one definition of every name and byte.
+
+pub mod codec;
+pub mod event;
+pub mod keys;
+pub mod task;
+pub mod token;
+
+pub use event::{Envelope, EventType, Seq, StoredEvent};
+pub use keys::{shard_of, TaskKeys, DEFAULT_SHARDS};
+pub use task::{TaskId, TaskIdError};
