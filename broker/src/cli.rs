@@ -18,7 +18,12 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct RedisArgs {
     /// Redis URL (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
-    #[arg(long, env = "SLUICE_REDIS_URL", default_value = "redis://127.0.0.1:6379", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
     pub redis_url: String,
     /// Shard count of the deployment (must match every edge and producer).
     #[arg(long, env = "SLUICE_SHARDS", default_value_t = sluice_shared::DEFAULT_SHARDS, global = true)]

@@ -82,10 +82,15 @@ pub async fn history<C: ConnectionLike + Send>(
         .map_err(|e| ReadError::corrupt(task, e))?
         .into_iter()
         .map(|(id, fields)| {
-            let bytes = fields.get("e").ok_or_else(|| ReadError::corrupt(task, "entry without e"))?;
+            let bytes = fields
+                .get("e")
+                .ok_or_else(|| ReadError::corrupt(task, "entry without e"))?;
             let ev = decode_for(task, bytes).map_err(|e| ReadError::corrupt(task, e))?;
             if entry_seq(&id) != Some(ev.seq) {
-                return Err(ReadError::corrupt(task, format!("entry {id} holds seq {}", ev.seq)));
+                return Err(ReadError::corrupt(
+                    task,
+                    format!("entry {id} holds seq {}", ev.seq),
+                ));
             }
             Ok(ev)
         })
@@ -109,9 +114,12 @@ pub fn entry_seq(id: &str) -> Option<Seq> {
     id.split_once('-').and_then(|(s, _)| s.parse().ok())
 }
 
+/// One stream entry: its id and its fields.
+pub type Entry = (String, HashMap<String, Vec<u8>>);
+
 /// Stream entries as `(id, field -> value bytes)`, from an XRANGE-shaped
 /// reply (an array of `[id, [field, value, ...]]`).
-pub fn parse_entries(reply: &Value) -> Result<Vec<(String, HashMap<String, Vec<u8>>)>, String> {
+pub fn parse_entries(reply: &Value) -> Result<Vec<Entry>, String> {
     let Value::Array(items) = reply else {
         if matches!(reply, Value::Nil) {
             return Ok(Vec::new());
@@ -121,7 +129,7 @@ pub fn parse_entries(reply: &Value) -> Result<Vec<(String, HashMap<String, Vec<u
     items.iter().map(parse_entry).collect()
 }
 
-fn parse_entry(item: &Value) -> Result<(String, HashMap<String, Vec<u8>>), String> {
+fn parse_entry(item: &Value) -> Result<Entry, String> {
     let Value::Array(pair) = item else {
         return Err("entry is not an array".into());
     };

@@ -147,18 +147,33 @@ async fn publish(
             format!("JSON nesting deeper than {MAX_JSON_DEPTH}"),
         ));
     }
-    let req: PublishBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("body is not a valid publish request: {e}")))?;
+    let req: PublishBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_body",
+            format!("body is not a valid publish request: {e}"),
+        )
+    })?;
     let opts = PublishOptions {
         is_final: req.is_final,
         idempotency_key: req.idempotency_key,
     };
-    let p = state.store.publish(&task, &req.kind, &req.data, &opts).await?;
+    let p = state
+        .store
+        .publish(&task, &req.kind, &req.data, &opts)
+        .await?;
     if !p.duplicate {
         state.metrics.published.inc();
     }
-    let status = if p.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(serde_json::json!({"seq": p.seq, "duplicate": p.duplicate}))).into_response())
+    let status = if p.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({"seq": p.seq, "duplicate": p.duplicate})),
+    )
+        .into_response())
 }
 
 fn check_publish_key(state: &SharedState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -173,12 +188,24 @@ fn check_publish_key(state: &SharedState, headers: &HeaderMap) -> Result<(), Api
         ));
     }
     let given = bearer(headers).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a publish key is required (Authorization: Bearer)")
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a publish key is required (Authorization: Bearer)",
+        )
     })?;
-    if state.publish_keys.iter().any(|k| constant_time_eq(k.as_bytes(), given.as_bytes())) {
+    if state
+        .publish_keys
+        .iter()
+        .any(|k| constant_time_eq(k.as_bytes(), given.as_bytes()))
+    {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the publish key is not valid"))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the publish key is not valid",
+        ))
     }
 }
 
@@ -230,10 +257,21 @@ mod tests {
     fn seqs() {
         assert_eq!(parse_seq("after", "0").ok(), Some(0));
         assert_eq!(parse_seq("after", " 17 ").ok(), Some(17));
-        for bad in ["", "-1", "1.5", "abc", "0x10", "99999999999999999999999", "18446744073709551616"] {
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "abc",
+            "0x10",
+            "99999999999999999999999",
+            "18446744073709551616",
+        ] {
             assert!(parse_seq("after", bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_seq("after", "18446744073709551615").ok(), Some(u64::MAX));
+        assert_eq!(
+            parse_seq("after", "18446744073709551615").ok(),
+            Some(u64::MAX)
+        );
     }
 
     #[test]

@@ -31,7 +31,10 @@ impl Verifier {
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp"]);
         Verifier {
-            keys: secrets.iter().map(|s| DecodingKey::from_secret(s.as_bytes())).collect(),
+            keys: secrets
+                .iter()
+                .map(|s| DecodingKey::from_secret(s.as_bytes()))
+                .collect(),
             validation,
         }
     }
@@ -51,7 +54,11 @@ impl Verifier {
                 Err(_) => {}
             }
         }
-        Err(if expired { "token expired" } else { "token invalid" })
+        Err(if expired {
+            "token expired"
+        } else {
+            "token invalid"
+        })
     }
 }
 

@@ -20,7 +20,11 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "sluice-edge", version, about = "Sluice edge node: SSE and WebSocket fan-out of task events")]
+#[command(
+    name = "sluice-edge",
+    version,
+    about = "Sluice edge node: SSE and WebSocket fan-out of task events"
+)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -156,7 +160,10 @@ impl Config {
         let mut c = self.clone();
         c.auth_secret = c.auth_secret.iter().map(|_| "***".to_owned()).collect();
         c.publish_key = c.publish_key.iter().map(|_| "***".to_owned()).collect();
-        c.redis_url = c.redis_url.as_deref().map(sluice_broker::connect::redact_url);
+        c.redis_url = c
+            .redis_url
+            .as_deref()
+            .map(sluice_broker::connect::redact_url);
         format!("{c:?}")
     }
 }

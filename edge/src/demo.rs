@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 use crate::store::Store;
 
 /// Names of the demo tasks (the round number is appended).
-pub const DEMO_TASKS: [(&str, u64); 3] = [("demo-export", 150), ("demo-build", 90), ("demo-training", 400)];
+pub const DEMO_TASKS: [(&str, u64); 3] = [
+    ("demo-export", 150),
+    ("demo-build", 90),
+    ("demo-training", 400),
+];
 
 /// Publishes progress for every demo task until `cancel` fires.
 pub async fn run(store: Arc<dyn Store>, cancel: CancellationToken) {

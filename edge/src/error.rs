@@ -61,11 +61,19 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(m) => {
                 tracing::warn!(cause = %m, "backend unavailable");
-                ApiError::unavailable("backend_unavailable", "the event store is unreachable; retry shortly", 2)
+                ApiError::unavailable(
+                    "backend_unavailable",
+                    "the event store is unreachable; retry shortly",
+                    2,
+                )
             }
             StoreError::Corrupt { task, what } => {
                 tracing::error!(task = %task, cause = %what, "corrupt stored data");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_data", format!("stored data of task {task} cannot be read"))
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt_data",
+                    format!("stored data of task {task} cannot be read"),
+                )
             }
             StoreError::Publish(p) => p.into(),
         }
@@ -77,14 +85,26 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::InvalidTask(_) => ApiError::bad_request("invalid_task", e.to_string()),
             PublishError::InvalidType(_) => ApiError::bad_request("invalid_type", e.to_string()),
-            PublishError::InvalidIdempotencyKey(_) => ApiError::bad_request("invalid_idempotency_key", e.to_string()),
-            PublishError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()),
-            PublishError::Closed(_) => ApiError::new(StatusCode::CONFLICT, "task_closed", e.to_string()),
-            PublishError::Encode(_) | PublishError::Json(_) => ApiError::bad_request("invalid_data", e.to_string()),
+            PublishError::InvalidIdempotencyKey(_) => {
+                ApiError::bad_request("invalid_idempotency_key", e.to_string())
+            }
+            PublishError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            PublishError::Closed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "task_closed", e.to_string())
+            }
+            PublishError::Encode(_) | PublishError::Json(_) => {
+                ApiError::bad_request("invalid_data", e.to_string())
+            }
             PublishError::Rejected(m) => ApiError::bad_request("rejected", m),
             PublishError::Redis(_) | PublishError::Pool(_) | PublishError::Connect(_) => {
                 tracing::warn!(cause = %e, "publish failed: backend unavailable");
-                ApiError::unavailable("backend_unavailable", "the event store is unreachable; retry shortly", 2)
+                ApiError::unavailable(
+                    "backend_unavailable",
+                    "the event store is unreachable; retry shortly",
+                    2,
+                )
             }
         }
     }

@@ -122,7 +122,11 @@ impl FeedReader {
         if let Err(e) = crate::store::redis::reload_function(&self.pool).await {
             return ReadOutcome::Reconnect(e.to_string());
         }
-        let client_id: Option<i64> = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await.ok();
+        let client_id: Option<i64> = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .ok();
         let mut counts = vec![ShardCount::default(); self.settings.feeds.len()];
         if let Err(e) = self.check(&mut counts).await {
             return ReadOutcome::Reconnect(e.to_string());
@@ -219,15 +223,12 @@ impl FeedReader {
                 .await?;
             let read = group_entries_read(&reply, &self.settings.group);
             let c = &mut counts[i];
-            match (c.base, read) {
-                (Some(base), Some(now)) => {
-                    if now.saturating_sub(base) > c.received {
-                        lost = true;
-                    }
-                }
-                (Some(_), None) => lost = true,
-                _ => {}
-            }
+            let skipped = match (c.base, read) {
+                (Some(base), Some(now)) => now.saturating_sub(base) > c.received,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            lost |= skipped;
             *c = ShardCount {
                 base: read,
                 received: 0,
@@ -238,7 +239,11 @@ impl FeedReader {
 
     fn dispatch(&self, reply: &Value, counts: &mut [ShardCount]) {
         for (stream, entries) in streams_of(reply) {
-            let shard = self.settings.feeds.iter().position(|f| f.as_bytes() == stream);
+            let shard = self
+                .settings
+                .feeds
+                .iter()
+                .position(|f| f.as_bytes() == stream);
             let Ok(entries) = reader::parse_entries(entries) else {
                 tracing::warn!("malformed XREADGROUP reply skipped");
                 continue;
@@ -247,7 +252,8 @@ impl FeedReader {
                 counts[i].received += entries.len() as u64;
             }
             for (id, fields) in entries {
-                let Some(task) = fields.get("task").and_then(|t| std::str::from_utf8(t).ok()) else {
+                let Some(task) = fields.get("task").and_then(|t| std::str::from_utf8(t).ok())
+                else {
                     tracing::warn!(entry = %id, "feed entry without a task field skipped");
                     continue;
                 };
@@ -261,7 +267,9 @@ impl FeedReader {
                 match codec::decode_event(bytes) {
                     Ok(ev) if ev.task == task => self.sink.deliver(&ev),
                     Ok(_) => tracing::warn!(entry = %id, "feed entry with mismatched task skipped"),
-                    Err(e) => tracing::warn!(entry = %id, cause = %e, "undecodable feed entry skipped"),
+                    Err(e) => {
+                        tracing::warn!(entry = %id, cause = %e, "undecodable feed entry skipped")
+                    }
                 }
             }
         }

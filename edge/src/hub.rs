@@ -54,7 +54,10 @@ impl Event {
     /// is `None` when the task is unknown (expired entirely).
     pub fn reset(task: &TaskId, snapshot: Option<&Snapshot>) -> Arc<Event> {
         let (seq, snap_json) = match snapshot {
-            Some(s) => (s.seq, serde_json::to_value(s).unwrap_or(serde_json::Value::Null)),
+            Some(s) => (
+                s.seq,
+                serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
+            ),
             None => (
                 0,
                 serde_json::json!({"task": task.as_str(), "seq": 0, "state": "unknown", "latest": null}),
@@ -286,7 +289,10 @@ mod tests {
     fn sse_frame_layout() {
         let f = Event::from_stored(&ev(7));
         let s = std::str::from_utf8(&f.sse).expect("utf8");
-        assert!(s.starts_with("id: 7\nevent: k\ndata: {\"task\":\"t\",\"seq\":7,"), "{s}");
+        assert!(
+            s.starts_with("id: 7\nevent: k\ndata: {\"task\":\"t\",\"seq\":7,"),
+            "{s}"
+        );
         assert!(s.ends_with("}\n\n"));
     }
 

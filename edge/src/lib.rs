@@ -43,7 +43,9 @@ use crate::store::{FeedSink, Store};
 /// Builds the configured store: Redis when a URL is given, else memory.
 pub async fn build_store(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.redis_url {
-        Some(url) => Arc::new(store::redis::RedisStore::connect(url, node_id, config.publisher()).await?),
+        Some(url) => {
+            Arc::new(store::redis::RedisStore::connect(url, node_id, config.publisher()).await?)
+        }
         None => Arc::new(store::memory::MemoryStore::new(config.publisher())),
     })
 }
@@ -57,7 +59,11 @@ pub struct Node {
 /// goes false, new connections are refused, existing clients are asked to
 /// reconnect elsewhere over the drain window, the node's consumer groups
 /// are released, and the function returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let node_id = config.node_id();
     let store = build_store(&config, &node_id).await?;
     run_with_store(config, node_id, store, listener, shutdown, |_| {}).await
@@ -75,7 +81,8 @@ pub async fn run_with_store(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(config.queue_capacity, metrics.clone());
-    let verifier = (!config.auth_secret.is_empty()).then(|| auth::Verifier::new(&config.auth_secret));
+    let verifier =
+        (!config.auth_secret.is_empty()).then(|| auth::Verifier::new(&config.auth_secret));
     if verifier.is_none() {
         tracing::warn!("subscriber auth is OFF (--insecure/--demo): anyone can read any task");
     }
@@ -85,7 +92,11 @@ pub async fn run_with_store(
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
-        limits: Limits::new(config.max_connections, config.max_connect_rate, metrics.clone()),
+        limits: Limits::new(
+            config.max_connections,
+            config.max_connect_rate,
+            metrics.clone(),
+        ),
         heartbeat: config.heartbeat(),
         drain_window: config.drain(),
         history_page: config.history_page,
@@ -127,7 +138,11 @@ pub async fn run_with_store(
 
     shutdown.cancelled().await;
     state.draining.store(true, Ordering::Release);
-    tracing::info!(open = state.limits.in_use(), window_secs = state.drain_window.as_secs(), "draining");
+    tracing::info!(
+        open = state.limits.in_use(),
+        window_secs = state.drain_window.as_secs(),
+        "draining"
+    );
     // Streams close themselves at jittered moments inside the window.
     let deadline = tokio::time::Instant::now() + state.drain_window + Duration::from_secs(2);
     while state.limits.in_use() > 0 && tokio::time::Instant::now() < deadline {

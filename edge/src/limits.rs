@@ -89,7 +89,11 @@ impl Limits {
             }
             b.tokens -= 1.0;
         }
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Full)?;
+        let permit = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full)?;
         self.metrics
             .connections
             .get_or_create(&TransportLabel { transport })
@@ -125,7 +129,9 @@ mod tests {
     #[test]
     fn rate_bucket_refuses_bursts() {
         let l = Limits::new(100, 3, Arc::new(Metrics::default()));
-        let ok: Vec<_> = (0..10).filter_map(|_| l.try_admit(Transport::Sse).ok()).collect();
+        let ok: Vec<_> = (0..10)
+            .filter_map(|_| l.try_admit(Transport::Sse).ok())
+            .collect();
         assert_eq!(ok.len(), 3);
         assert_eq!(l.try_admit(Transport::Sse).err(), Some(Refusal::Rate));
     }

@@ -96,21 +96,61 @@ impl Metrics {
     /// Registers everything under the `sluice_edge_` prefix.
     pub fn registry(self: &std::sync::Arc<Self>) -> Registry {
         let mut r = Registry::with_prefix("sluice_edge");
-        r.register("connections", "Open client connections", self.connections.clone());
+        r.register(
+            "connections",
+            "Open client connections",
+            self.connections.clone(),
+        );
         r.register(
             "connection_tasks",
             "Spawned per-connection tasks alive (WebSocket sessions, SSE bodies)",
             self.connection_tasks.clone(),
         );
-        r.register("subscriptions", "Live (connection, task) subscriptions", self.subscriptions.clone());
-        r.register("tasks_subscribed", "Tasks with at least one local subscriber", self.tasks_subscribed.clone());
-        r.register("events_delivered", "Events written to clients", self.delivered.clone());
-        r.register("feed_events", "Live events received from the feed for local subscribers", self.feed_events.clone());
-        r.register("events_published", "Events published through this node's HTTP API", self.published.clone());
-        r.register("catchups", "Subscribers switched to catch-up from history (queue overflow)", self.catchups.clone());
-        r.register("gaps", "Gaps in the live feed filled from history", self.gaps.clone());
-        r.register("resets", "sluice.reset frames sent (history no longer retained)", self.resets.clone());
-        r.register("connections_refused", "Connections refused, by reason", self.refused.clone());
+        r.register(
+            "subscriptions",
+            "Live (connection, task) subscriptions",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "tasks_subscribed",
+            "Tasks with at least one local subscriber",
+            self.tasks_subscribed.clone(),
+        );
+        r.register(
+            "events_delivered",
+            "Events written to clients",
+            self.delivered.clone(),
+        );
+        r.register(
+            "feed_events",
+            "Live events received from the feed for local subscribers",
+            self.feed_events.clone(),
+        );
+        r.register(
+            "events_published",
+            "Events published through this node's HTTP API",
+            self.published.clone(),
+        );
+        r.register(
+            "catchups",
+            "Subscribers switched to catch-up from history (queue overflow)",
+            self.catchups.clone(),
+        );
+        r.register(
+            "gaps",
+            "Gaps in the live feed filled from history",
+            self.gaps.clone(),
+        );
+        r.register(
+            "resets",
+            "sluice.reset frames sent (history no longer retained)",
+            self.resets.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused, by reason",
+            self.refused.clone(),
+        );
         r.register_with_unit(
             "delivery_latency",
             "Publish timestamp to socket write",

@@ -57,7 +57,13 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for junk in [&b""[..], b"\xc1", b"\x86\xa4task", b"hello", &[0xdc, 0xff, 0xff]] {
+        for junk in [
+            &b""[..],
+            b"\xc1",
+            b"\x86\xa4task",
+            b"hello",
+            &[0xdc, 0xff, 0xff],
+        ] {
             assert!(decode_event(junk).is_err());
         }
     }
@@ -68,10 +74,8 @@ mod tests {
         // `data` spliced in as the producer's MessagePack.
         let data = encode_data(&serde_json::json!({"pct": 5})).expect("data");
         let mut b = vec![0x86];
-        for (k, v) in [("task", "job-1")] {
-            b.extend(rmp_serde::to_vec(k).expect("k"));
-            b.extend(rmp_serde::to_vec(v).expect("v"));
-        }
+        b.extend(rmp_serde::to_vec("task").expect("k"));
+        b.extend(rmp_serde::to_vec("job-1").expect("v"));
         b.extend(rmp_serde::to_vec("seq").expect("k"));
         b.extend(rmp_serde::to_vec(&7u64).expect("v"));
         b.extend(rmp_serde::to_vec("type").expect("k"));

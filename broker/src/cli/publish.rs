@@ -38,7 +38,9 @@ pub async fn run(redis: &RedisArgs, a: PublishArgs) -> anyhow::Result<()> {
         is_final: a.is_final,
         idempotency_key: a.idempotency_key,
     };
-    let p = publisher.publish_with(&a.task, &a.kind, &data, opts).await?;
+    let p = publisher
+        .publish_with(&a.task, &a.kind, &data, opts)
+        .await?;
     println!("{}", p.seq);
     Ok(())
 }

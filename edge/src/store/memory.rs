@@ -195,8 +195,7 @@ impl Store for MemoryStore {
         };
         let first = t.log.front().map(|e| e.seq).unwrap_or(0);
         let skip = after.saturating_sub(first.saturating_sub(1));
-        Ok(t
-            .log
+        Ok(t.log
             .iter()
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
             .take(limit.max(1))

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sluice_broker::{connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig};
+use sluice_broker::{
+    connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig,
+};
 use sluice_shared::event::Snapshot;
 use sluice_shared::{keys, Seq, StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
@@ -62,8 +64,12 @@ impl Store for RedisStore {
         data: &Value,
         opts: &PublishOptions,
     ) -> Result<Published, StoreError> {
-        let bytes = sluice_shared::codec::encode_data(data).map_err(sluice_broker::PublishError::from)?;
-        Ok(self.publisher.publish_encoded(task, kind, &bytes, opts).await?)
+        let bytes =
+            sluice_shared::codec::encode_data(data).map_err(sluice_broker::PublishError::from)?;
+        Ok(self
+            .publisher
+            .publish_encoded(task, kind, &bytes, opts)
+            .await?)
     }
 
     async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {

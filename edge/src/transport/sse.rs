@@ -37,18 +37,30 @@ const BATCH: usize = 64;
 pub fn admit(state: &SharedState, transport: Transport) -> Result<ConnGuard, ApiError> {
     if state.is_draining() {
         state.metrics.refuse(RefuseReason::Draining);
-        return Err(ApiError::unavailable("draining", "this node is draining; reconnect to another", 1));
+        return Err(ApiError::unavailable(
+            "draining",
+            "this node is draining; reconnect to another",
+            1,
+        ));
     }
     state.limits.try_admit(transport).map_err(|r| {
         let jitter = rand::rng().random_range(1..=5);
         match r {
             Refusal::Full => {
                 state.metrics.refuse(RefuseReason::ConnectionLimit);
-                ApiError::unavailable("too_many_connections", "this node is at its connection limit", jitter)
+                ApiError::unavailable(
+                    "too_many_connections",
+                    "this node is at its connection limit",
+                    jitter,
+                )
             }
             Refusal::Rate => {
                 state.metrics.refuse(RefuseReason::ConnectRate);
-                ApiError::unavailable("connect_rate_limited", "too many new connections; retry shortly", jitter)
+                ApiError::unavailable(
+                    "connect_rate_limited",
+                    "too many new connections; retry shortly",
+                    jitter,
+                )
             }
         }
     })
@@ -56,11 +68,14 @@ pub fn admit(state: &SharedState, transport: Transport) -> Result<ConnGuard, Api
 
 /// The resume point from `Last-Event-ID` (wins: browsers send it on
 /// reconnect while the URL keeps the original `after`) or `?after=`.
-pub fn resume_point(headers: &HeaderMap, query: &std::collections::HashMap<String, String>) -> Result<Start, ApiError> {
+pub fn resume_point(
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Result<Start, ApiError> {
     if let Some(v) = headers.get("last-event-id") {
-        let v = v
-            .to_str()
-            .map_err(|_| ApiError::bad_request("invalid_resume_point", "Last-Event-ID is not ASCII"))?;
+        let v = v.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_resume_point", "Last-Event-ID is not ASCII")
+        })?;
         return Ok(Start::After(parse_seq("Last-Event-ID", v)?));
     }
     match query.get("after") {
@@ -242,7 +257,8 @@ impl SseSession {
             .inc_by(evs.len() as u64);
         let now = chrono::Utc::now().timestamp_millis();
         for e in evs.iter().filter(|e| e.ts > 0) {
-            m.delivery_latency.observe((now - e.ts).max(0) as f64 / 1000.0);
+            m.delivery_latency
+                .observe((now - e.ts).max(0) as f64 / 1000.0);
         }
     }
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command: sets up what is missing, then runs formatting and lint
+# checks and the whole test suite (unit, integration against real Redis in
+# containers, system tests).
+#   tests/run.sh            everything CI runs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+tests/setup.sh
+
+printf '\n==> cargo fmt --check\n'
+cargo fmt --all -- --check
+
+printf '\n==> cargo clippy (deny warnings)\n'
+cargo clippy --workspace --all-targets -- -D warnings
+
+printf '\n==> cargo test --workspace\n'
+cargo test --workspace -- --test-threads "${SLUICE_TEST_THREADS:-4}"
+
+printf '\n==> all tests passed in %ss\n' "$(( $(date +%s) - start ))"

@@ -1,0 +1,82 @@
+//! A Redis container per test (about 0.2 s to start with the offline image).
+//!
+//! The image comes from `SLUICE_TEST_REDIS_IMAGE` (default `sluice-redis:7`,
+//! built offline by `deploy/images/redis.sh`; with a registry, `redis:7`
+//! works too).
+
+use testcontainers::core::{ContainerPort, IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+
+pub const DEFAULT_IMAGE: &str = "sluice-redis:7";
+
+pub struct RedisFixture {
+    pub container: ContainerAsync<GenericImage>,
+    pub port: u16,
+}
+
+fn image_name() -> (String, String) {
+    let full =
+        std::env::var("SLUICE_TEST_REDIS_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_owned());
+    match full.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n.to_owned(), t.to_owned()),
+        _ => (full, "latest".to_owned()),
+    }
+}
+
+impl RedisFixture {
+    /// Starts a fresh Redis. Extra server arguments (e.g. `--appendonly yes`)
+    /// replace the image's default command.
+    pub async fn start_with(args: &[&str]) -> RedisFixture {
+        let (name, tag) = image_name();
+        let mut image = GenericImage::new(name.clone(), tag.clone())
+            .with_exposed_port(6379.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"));
+        let mut cmd: Vec<String> = Vec::new();
+        if !args.is_empty() {
+            if name != "sluice-redis" {
+                cmd.push("redis-server".into());
+            }
+            cmd.extend(["--bind", "0.0.0.0", "--protected-mode", "no"].map(String::from));
+            cmd.extend(args.iter().map(|s| s.to_string()));
+        }
+        let _ = &mut image;
+        let req = image.with_cmd(cmd);
+        let container = match req.start().await {
+            Ok(c) => c,
+            Err(e) => {
+                let text = e.to_string();
+                if text.contains("pull") {
+                    panic!(
+                        "Redis test image {name}:{tag} is missing and cannot be pulled: \
+                         build it with deploy/images/redis.sh (tests/run.sh does) or set \
+                         SLUICE_TEST_REDIS_IMAGE=redis:7 where a registry is reachable. ({text})"
+                    );
+                }
+                panic!("cannot start Redis container: {text}");
+            }
+        };
+        let port = container
+            .get_host_port_ipv4(ContainerPort::Tcp(6379))
+            .await
+            .expect("Redis port is published");
+        RedisFixture { container, port }
+    }
+
+    pub async fn start() -> RedisFixture {
+        Self::start_with(&[]).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A plain connection for test assertions.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis")
+    }
+}
