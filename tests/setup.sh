@@ -22,3 +22,20 @@ fi
 # redis-server/redis-cli on the host are also used by some tests directly.
 source deploy/images/lib.sh
 ensure_pkg redis-cli redis-tools
+
+step "headless Chromium and chromedriver (dashboard browser test)"
+ensure_pkg chromium chromium
+ensure_pkg chromedriver chromium-driver
+
+step "Python packages (tests/python: producer over FCALL, k8s manifest validator)"
+py=${SLUICE_PYTHON:-python3}
+if "$py" -c 'import redis, msgpack, kubernetes_validate' >/dev/null 2>&1; then
+  echo "redis, msgpack and kubernetes-validate are installed"
+else
+  "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    'redis>=5,<9' 'msgpack>=1,<2' 'kubernetes-validate>=1.30'
+fi
+
+step "compose stack images (release build on the host, then offline images)"
+ensure_pkg docker-compose docker-compose
+deploy/images/build-all.sh

@@ -1,7 +1,9 @@
 //! Command-line parsing and dispatch; one module per subcommand.
 
+mod demo;
 mod publish;
 mod snapshot;
+mod status;
 mod tail;
 
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +40,10 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// Print a task's snapshot (latest event and state) as JSON.
     Snapshot(snapshot::SnapshotArgs),
+    /// Show the edge nodes, their connections and lag, and the shard feeds.
+    Status(status::StatusArgs),
+    /// Demo producer: a few tasks publishing progress in a loop.
+    Demo(demo::DemoArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -45,6 +51,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Publish(a) => publish::run(&cli.redis, a).await,
         Command::Tail(a) => tail::run(&cli.redis, a).await,
         Command::Snapshot(a) => snapshot::run(&cli.redis, a).await,
+        Command::Status(a) => status::run(&cli.redis, a).await,
+        Command::Demo(a) => demo::run(&cli.redis, a).await,
     }
 }
 

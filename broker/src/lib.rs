@@ -5,10 +5,12 @@
 //! - [`function`]: the `sluice_publish` Redis function that makes a publish
 //!   one atomic round trip, loaded with `FUNCTION LOAD REPLACE`.
 //! - [`reader`]: snapshot and history reads shared by the CLI and the edge.
+//! - [`nodes`]: the node registry's read side (`sluice status`, dashboard).
 //! - [`connect`]: Redis pools and dedicated connections with sane timeouts.
 
 pub mod connect;
 pub mod function;
+pub mod nodes;
 pub mod publisher;
 pub mod reader;
 

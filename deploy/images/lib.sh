@@ -65,6 +65,42 @@ ensure_pkg() {
     return 1
   fi
   echo "installing $2 (for $1)"
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+  # Another apt run (a parallel setup) may hold the dpkg lock: wait for it.
+  apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$2" >/dev/null
+}
+
+# PATH set in every image (docker import sets none).
+IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# The workspace root and cargo's target directory.
+SLUICE_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SLUICE_TARGET_DIR=${CARGO_TARGET_DIR:-$SLUICE_REPO/target}
+case "$SLUICE_TARGET_DIR" in /*) ;; *) SLUICE_TARGET_DIR=$SLUICE_REPO/$SLUICE_TARGET_DIR ;; esac
+
+# release_binaries: builds sluice-edge and sluice (release) on the host.
+# Always the same package set, so cargo's feature resolution, and with it
+# the build, stays the same whichever script asks (a no-op takes ~1 s).
+# SLUICE_SKIP_CARGO=1 uses the binaries already in the target directory.
+release_binaries() {
+  if [ "${SLUICE_SKIP_CARGO:-0}" = 1 ]; then
+    echo "SLUICE_SKIP_CARGO=1: using the binaries in $SLUICE_TARGET_DIR/release"
+  else
+    (cd "$SLUICE_REPO" && cargo build --release -p sluice-edge -p sluice-broker)
+  fi
+  local b
+  for b in sluice-edge sluice; do
+    if [ ! -x "$SLUICE_TARGET_DIR/release/$b" ]; then
+      echo "missing $SLUICE_TARGET_DIR/release/$b: run cargo build --release -p sluice-edge -p sluice-broker" >&2
+      return 1
+    fi
+  done
+}
+
+# rootfs_strip FILE: drops debug info (the release profile keeps line tables
+# for backtraces on the host; the image does not need them).
+rootfs_strip() {
+  if command -v strip >/dev/null 2>&1; then
+    strip --strip-debug "$1"
+  fi
 }

@@ -14,7 +14,7 @@ use sluice_shared::{Seq, TaskId};
 use crate::error::ApiError;
 use crate::health;
 use crate::state::SharedState;
-use crate::transport::sse;
+use crate::transport::{sse, ws};
 
 /// Largest accepted request body (publish): the data limit plus envelope.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -25,11 +25,14 @@ pub const MAX_HISTORY_LIMIT: usize = 1000;
 pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/v1/tasks/{task}/events", get(sse::subscribe).post(publish))
+        .route("/v1/tasks/{task}/ws", get(ws::subscribe))
         .route("/v1/tasks/{task}", get(snapshot))
         .route("/v1/tasks/{task}/history", get(history))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/", get(crate::dashboard::page))
+        .route("/v1/dashboard/events", get(crate::dashboard::events))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -12,6 +12,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
+pub const DEFAULT_NODE_GRACE_SECS: u64 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -71,6 +72,12 @@ pub struct Config {
     /// Seconds over which a draining node spreads its clients' reconnects.
     #[arg(long, env = "SLUICE_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
     pub drain_secs: u64,
+
+    /// Seconds without a heartbeat after which other nodes treat this one
+    /// as dead and destroy its consumer groups and registry entry (Redis).
+    #[arg(long, env = "SLUICE_NODE_GRACE_SECS", default_value_t = DEFAULT_NODE_GRACE_SECS,
+          value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    pub node_grace_secs: u64,
 
     /// HS256 secret(s) for subscriber tokens; the first signs, all verify.
     #[arg(long, env = "SLUICE_AUTH_SECRET", value_delimiter = ',')]
@@ -138,6 +145,10 @@ impl Config {
 
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_secs)
+    }
+
+    pub fn node_grace(&self) -> Duration {
+        Duration::from_secs(self.node_grace_secs)
     }
 
     pub fn open_auth(&self) -> bool {

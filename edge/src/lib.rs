@@ -12,6 +12,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod feed;
@@ -19,6 +20,7 @@ pub mod health;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod registry;
 pub mod state;
 pub mod store;
 pub mod subscription;
@@ -107,15 +109,19 @@ pub async fn run_with_store(
         demo: config.demo,
         publish_keys: config.publish_key.clone(),
         config: config.clone(),
+        cluster: Default::default(),
     });
 
     let background = TaskTracker::new();
-    {
+    // The feed reader stops first at shutdown, so destroying the node's
+    // groups cannot race with a reader that would recreate them.
+    let feed_stop = CancellationToken::new();
+    let feed = {
         let store = store.clone();
         let sink: Arc<dyn FeedSink> = hub.clone();
-        let stop = stop.clone();
-        background.spawn(async move { store.run_feed(sink, stop).await });
-    }
+        let feed_stop = feed_stop.clone();
+        tokio::spawn(async move { store.run_feed(sink, feed_stop).await })
+    };
     if config.demo {
         let store = store.clone();
         let stop = stop.clone();
@@ -123,6 +129,7 @@ pub async fn run_with_store(
     }
 
     let addr = listener.local_addr()?;
+    registry::spawn(&background, &state, addr, &stop)?;
     tracing::info!(node = %node_id, %addr, store = store.kind(), "sluice-edge serving");
     on_start(state.clone());
 
@@ -147,6 +154,13 @@ pub async fn run_with_store(
     let deadline = tokio::time::Instant::now() + state.drain_window + Duration::from_secs(2);
     while state.limits.in_use() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    feed_stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), feed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("feed reader did not stop within 5 s");
     }
     if let Err(e) = store.release().await {
         tracing::warn!(cause = %e, "could not release consumer groups");

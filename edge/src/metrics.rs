@@ -54,6 +54,30 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let m = Self::empty();
+        // Create every labelled series up front: they show as 0 in /metrics
+        // and later lookups only take the read lock.
+        for transport in [Transport::Sse, Transport::Ws] {
+            let _ = m.connections.get_or_create(&TransportLabel { transport });
+            let _ = m.delivered.get_or_create(&TransportLabel { transport });
+        }
+        for reason in [
+            RefuseReason::ConnectionLimit,
+            RefuseReason::ConnectRate,
+            RefuseReason::Draining,
+            RefuseReason::Unauthorized,
+            RefuseReason::Forbidden,
+            RefuseReason::BadRequest,
+            RefuseReason::Unavailable,
+        ] {
+            let _ = m.refused.get_or_create(&ReasonLabel { reason });
+        }
+        m
+    }
+}
+
+impl Metrics {
+    fn empty() -> Self {
         let buckets = [
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
@@ -75,18 +99,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn open_connections(&self) -> i64 {
+    /// Open connections of one transport.
+    pub fn connections_of(&self, transport: Transport) -> i64 {
+        // One `get_or_create` per statement: its read guard lives to the end
+        // of the statement, and a second one in the same expression could
+        // need the write lock and deadlock.
         self.connections
-            .get_or_create(&TransportLabel {
-                transport: Transport::Sse,
-            })
+            .get_or_create(&TransportLabel { transport })
             .get()
-            + self
-                .connections
-                .get_or_create(&TransportLabel {
-                    transport: Transport::Ws,
-                })
-                .get()
+    }
+
+    pub fn open_connections(&self) -> i64 {
+        let sse = self.connections_of(Transport::Sse);
+        let ws = self.connections_of(Transport::Ws);
+        sse + ws
     }
 
     pub fn refuse(&self, reason: RefuseReason) {

@@ -32,6 +32,9 @@ pub struct AppState {
     pub demo: bool,
     pub publish_keys: Vec<String>,
     pub config: Config,
+    /// This node's identity and the registry's latest view of the cluster
+    /// (dashboard).
+    pub cluster: Arc<crate::registry::ClusterView>,
 }
 
 impl AppState {

@@ -48,6 +48,20 @@ pub fn group_name(node_id: &str) -> String {
     format!("edge:{node_id}")
 }
 
+/// The node registry: a sorted set of node ids scored by their last
+/// heartbeat (ms since the epoch).
+pub const NODES_KEY: &str = "sluice:nodes";
+
+/// One node's registry entry: a hash of what the node last reported.
+pub fn node_key(node_id: &str) -> String {
+    format!("sluice:node:{node_id}")
+}
+
+/// The lock a janitor holds while it removes a dead node.
+pub fn node_reap_lock_key(node_id: &str) -> String {
+    format!("sluice:node:{node_id}:reaping")
+}
+
 /// The keys of one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskKeys {
@@ -93,6 +107,8 @@ mod tests {
         assert_eq!(k.meta, format!("sluice:{tag}:t:job-42:meta"));
         assert_eq!(k.feed, feed_key(k.shard));
         assert_eq!(group_name("n1"), "edge:n1");
+        assert_eq!(node_key("n1"), "sluice:node:n1");
+        assert!(NODES_KEY.starts_with(PREFIX) && node_reap_lock_key("n1").starts_with(PREFIX));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub enum Received {
     Reset(u64),
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Default, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub delivered: usize,
     pub lost: Vec<u64>,
@@ -39,6 +39,30 @@ impl Verdict {
 
     pub fn is_honest(&self) -> bool {
         self.duplicated.is_empty() && self.out_of_order == 0 && self.unannounced_gaps.is_empty()
+    }
+}
+
+fn head(v: &[u64]) -> String {
+    let shown: Vec<String> = v.iter().take(8).map(u64::to_string).collect();
+    if v.len() > 8 {
+        format!("[{} ... ({} in all)]", shown.join(", "), v.len())
+    } else {
+        format!("[{}]", shown.join(", "))
+    }
+}
+
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Verdict {{ delivered: {}, lost: {}, duplicated: {}, out_of_order: {}, resets: {}, unannounced_gaps: {} }}",
+            self.delivered,
+            head(&self.lost),
+            head(&self.duplicated),
+            self.out_of_order,
+            self.resets,
+            head(&self.unannounced_gaps)
+        )
     }
 }
 

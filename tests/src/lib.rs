@@ -6,11 +6,13 @@ pub mod checker;
 pub mod edge;
 pub mod redis_fixture;
 pub mod sse;
+pub mod ws;
 
 pub use checker::DeliveryLog;
 pub use edge::{spawn_edge, EdgeHandle};
 pub use redis_fixture::RedisFixture;
 pub use sse::{SseClient, SseFrame};
+pub use ws::{WsClient, WsItem};
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
 pub fn init_logs() {

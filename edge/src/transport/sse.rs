@@ -25,6 +25,7 @@ use crate::limits::{ConnGuard, Refusal};
 use crate::metrics::{RefuseReason, Transport, TransportLabel};
 use crate::state::SharedState;
 use crate::subscription::{Opening, Start, Subscription};
+use crate::transport::ConnLog;
 
 /// Range of the initial `retry:` (ms), jittered so reconnect storms spread.
 pub const RETRY_MS: std::ops::Range<u64> = 1_000..5_000;
@@ -138,6 +139,7 @@ struct SseSession {
     drain_at: Pin<Box<Sleep>>,
     drain_armed: bool,
     phase: Phase,
+    log: ConnLog,
     _guard: ConnGuard,
     _alive: AliveGuard,
 }
@@ -165,7 +167,9 @@ impl SseSession {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + hb, hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let alive = AliveGuard::new(&state.metrics);
+        let log = ConnLog::new("sse", sub.task());
         SseSession {
+            log,
             state,
             sub,
             heartbeat,
@@ -203,6 +207,7 @@ impl SseSession {
                 biased;
                 _ = &mut self.drain_at, if self.drain_armed => {
                     self.phase = Phase::Done;
+                    self.log.reason = "node draining";
                     let ms = rand::rng().random_range(DRAIN_RETRY_MS);
                     tracing::debug!(task = %self.sub.task(), "closing for drain");
                     return Some(Bytes::from(format!("retry: {ms}\n\n")));
@@ -213,11 +218,13 @@ impl SseSession {
                         Ok(Some(ev)) => Some(self.batch(ev)),
                         Ok(None) => {
                             self.phase = Phase::Done;
+                            self.log.reason = "task finished";
                             None
                         }
                         Err(e) => {
                             tracing::warn!(task = %self.sub.task(), cause = %e, "subscription failed; closing so the client resumes");
                             self.phase = Phase::Done;
+                            self.log.reason = "backend unavailable";
                             None
                         }
                     };
@@ -237,6 +244,7 @@ impl SseSession {
             }
         }
         self.record(&evs);
+        self.log.events += evs.len() as u64;
         self.heartbeat.reset();
         if evs.len() == 1 {
             return evs[0].sse.clone();

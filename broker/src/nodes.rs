@@ -1,0 +1,460 @@
+//! The node registry, read side: what edge nodes report about themselves
+//! (written by the edge's `registry` module) and what the shard feeds say
+//! about each node's consumer group. Shared by `sluice status` and the
+//! edge's dashboard, so both show the same numbers.
+//!
+//! Keys (see `sluice_shared::keys`):
+//! - `sluice:nodes`: sorted set, member = node id, score = last heartbeat
+//!   (ms since the epoch). The score is the truth about liveness.
+//! - `sluice:node:<id>`: hash of the node's last report ([`NodeInfo`]).
+//!
+//! Lag comes from `XINFO GROUPS` on every shard feed (`lag` of the group
+//! `edge:<id>`; Redis reports it as unknown after some trims and deletions).
+
+use std::collections::{BTreeMap, HashMap};
+
+use redis::aio::ConnectionLike;
+use redis::Value;
+use serde::{Deserialize, Serialize};
+use sluice_shared::keys;
+
+use crate::reader::bulk_string;
+
+/// What one node last reported in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: String,
+    /// The address it serves on (as seen by the node itself).
+    pub address: String,
+    pub version: String,
+    pub shards: u32,
+    pub started_ms: i64,
+    /// Last heartbeat, ms since the epoch (the registry's score).
+    pub last_seen_ms: i64,
+    pub connections: u64,
+    pub max_connections: u64,
+    pub subscriptions: u64,
+    pub tasks: u64,
+    pub delivered: u64,
+    pub feed_events: u64,
+    pub published: u64,
+    pub delivered_per_sec: f64,
+    pub feed_events_per_sec: f64,
+    pub published_per_sec: f64,
+    pub draining: bool,
+}
+
+impl NodeInfo {
+    /// The hash fields of the registry entry (`last_seen_ms` included, so
+    /// the hash alone is readable too).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.id.clone()),
+            ("address", self.address.clone()),
+            ("version", self.version.clone()),
+            ("shards", self.shards.to_string()),
+            ("started_ms", self.started_ms.to_string()),
+            ("last_seen_ms", self.last_seen_ms.to_string()),
+            ("connections", self.connections.to_string()),
+            ("max_connections", self.max_connections.to_string()),
+            ("subscriptions", self.subscriptions.to_string()),
+            ("tasks", self.tasks.to_string()),
+            ("delivered", self.delivered.to_string()),
+            ("feed_events", self.feed_events.to_string()),
+            ("published", self.published.to_string()),
+            (
+                "delivered_per_sec",
+                format!("{:.2}", self.delivered_per_sec),
+            ),
+            (
+                "feed_events_per_sec",
+                format!("{:.2}", self.feed_events_per_sec),
+            ),
+            (
+                "published_per_sec",
+                format!("{:.2}", self.published_per_sec),
+            ),
+            ("draining", u8::from(self.draining).to_string()),
+        ]
+    }
+
+    /// Parses a registry hash. Missing or malformed fields read as zero /
+    /// empty: the registry is advisory and never worth failing over.
+    pub fn from_fields(id: &str, f: &HashMap<String, String>, last_seen_ms: i64) -> Self {
+        fn num<T: std::str::FromStr + Default>(f: &HashMap<String, String>, k: &str) -> T {
+            f.get(k).and_then(|v| v.parse().ok()).unwrap_or_default()
+        }
+        let text = |k: &str| f.get(k).cloned().unwrap_or_default();
+        NodeInfo {
+            id: id.to_owned(),
+            address: text("address"),
+            version: text("version"),
+            shards: num(f, "shards"),
+            started_ms: num(f, "started_ms"),
+            last_seen_ms,
+            connections: num(f, "connections"),
+            max_connections: num(f, "max_connections"),
+            subscriptions: num(f, "subscriptions"),
+            tasks: num(f, "tasks"),
+            delivered: num(f, "delivered"),
+            feed_events: num(f, "feed_events"),
+            published: num(f, "published"),
+            delivered_per_sec: num(f, "delivered_per_sec"),
+            feed_events_per_sec: num(f, "feed_events_per_sec"),
+            published_per_sec: num(f, "published_per_sec"),
+            draining: f.get("draining").map(|v| v == "1").unwrap_or(false),
+        }
+    }
+}
+
+/// One consumer group on a shard feed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupInfo {
+    pub group: String,
+    /// The node id when the group is an edge's (`edge:<id>`).
+    pub node: Option<String>,
+    /// Entries in the feed the group has not read; `None` when Redis cannot
+    /// tell.
+    pub lag: Option<u64>,
+    pub entries_read: Option<u64>,
+}
+
+/// One shard feed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub feed: String,
+    pub length: u64,
+    pub groups: Vec<GroupInfo>,
+}
+
+impl ShardStats {
+    /// The largest known lag of any edge group on this shard.
+    pub fn max_lag(&self) -> Option<u64> {
+        self.groups
+            .iter()
+            .filter(|g| g.node.is_some())
+            .filter_map(|g| g.lag)
+            .max()
+    }
+}
+
+/// A node's lag summed over the shards where Redis knows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NodeLag {
+    pub total: u64,
+    pub max: u64,
+    /// Shards where the node has a group.
+    pub groups: u32,
+    /// Shards where Redis reports the lag as unknown.
+    pub unknown: u32,
+}
+
+/// A registered node with its age and lag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStatus {
+    #[serde(flatten)]
+    pub info: NodeInfo,
+    pub uptime_secs: u64,
+    pub last_seen_ago_ms: u64,
+    /// Not heard from for longer than the grace period: a janitor will
+    /// remove it (and its groups) at its next sweep.
+    pub stale: bool,
+    pub lag: NodeLag,
+}
+
+/// Everything `sluice status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClusterStatus {
+    pub at_ms: i64,
+    pub nodes: Vec<NodeStatus>,
+    pub shards: Vec<ShardStats>,
+    /// Edge groups on the feeds whose node is not in the registry (a node
+    /// that died before its first heartbeat, or one being removed).
+    pub orphan_groups: Vec<String>,
+}
+
+/// The Redis server's clock, ms since the epoch. Heartbeats are scored
+/// and judged by it, so clock skew between edge hosts cannot make a
+/// janitor remove a live node.
+pub async fn server_time_ms<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<i64> {
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// Ids and last-seen scores of every registered node, oldest first.
+pub async fn node_ids<C: ConnectionLike + Send>(
+    conn: &mut C,
+) -> redis::RedisResult<Vec<(String, i64)>> {
+    let raw: Vec<(String, f64)> = redis::cmd("ZRANGE")
+        .arg(keys::NODES_KEY)
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    Ok(raw.into_iter().map(|(id, s)| (id, s as i64)).collect())
+}
+
+/// Every registered node's last report, oldest heartbeat first.
+/// ([`collect`] sorts them by id for display.)
+pub async fn read_nodes<C: ConnectionLike + Send>(
+    conn: &mut C,
+) -> redis::RedisResult<Vec<NodeInfo>> {
+    let ids = node_ids(conn).await?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for (id, _) in &ids {
+        pipe.cmd("HGETALL").arg(keys::node_key(id));
+    }
+    let hashes: Vec<HashMap<String, String>> = pipe.query_async(conn).await?;
+    Ok(ids
+        .iter()
+        .zip(hashes.iter())
+        .map(|((id, seen), h)| NodeInfo::from_fields(id, h, *seen))
+        .collect())
+}
+
+/// Length and consumer groups of every shard feed.
+pub async fn feed_stats<C: ConnectionLike + Send>(
+    conn: &mut C,
+    shards: u32,
+) -> redis::RedisResult<Vec<ShardStats>> {
+    let feeds = keys::feed_keys(shards);
+    let mut pipe = redis::pipe();
+    for f in &feeds {
+        pipe.cmd("XLEN").arg(f);
+    }
+    let lengths: Vec<u64> = pipe.query_async(conn).await?;
+    let mut out = Vec::with_capacity(feeds.len());
+    for (shard, (feed, length)) in feeds.into_iter().zip(lengths).enumerate() {
+        let groups = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&feed)
+            .query_async::<Value>(conn)
+            .await
+        {
+            Ok(v) => parse_groups(&v),
+            // A feed nobody created yet has no groups.
+            Err(e) if is_no_such_key(&e) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        out.push(ShardStats {
+            shard: shard as u32,
+            feed,
+            length,
+            groups,
+        });
+    }
+    Ok(out)
+}
+
+fn is_no_such_key(e: &redis::RedisError) -> bool {
+    e.to_string().to_ascii_lowercase().contains("no such key")
+}
+
+/// Reads the registry and the feeds into one view, ages measured on the
+/// Redis server's clock. `grace` decides which nodes count as stale.
+pub async fn collect<C: ConnectionLike + Send>(
+    conn: &mut C,
+    shards: u32,
+    grace: std::time::Duration,
+) -> redis::RedisResult<ClusterStatus> {
+    let now_ms = server_time_ms(conn).await?;
+    let infos = read_nodes(conn).await?;
+    let shard_stats = feed_stats(conn, shards).await?;
+    Ok(assemble(infos, shard_stats, grace, now_ms))
+}
+
+/// Joins registry entries with the groups found on the feeds (pure).
+pub fn assemble(
+    infos: Vec<NodeInfo>,
+    shards: Vec<ShardStats>,
+    grace: std::time::Duration,
+    now_ms: i64,
+) -> ClusterStatus {
+    let mut lags: BTreeMap<&str, NodeLag> = BTreeMap::new();
+    for s in &shards {
+        for g in &s.groups {
+            let Some(node) = g.node.as_deref() else {
+                continue;
+            };
+            let l = lags.entry(node).or_default();
+            l.groups += 1;
+            match g.lag {
+                Some(n) => {
+                    l.total += n;
+                    l.max = l.max.max(n);
+                }
+                None => l.unknown += 1,
+            }
+        }
+    }
+    let registered: std::collections::HashSet<&str> = infos.iter().map(|i| i.id.as_str()).collect();
+    let mut orphan_groups: Vec<String> = lags
+        .keys()
+        .filter(|n| !registered.contains(*n))
+        .map(|n| keys::group_name(n))
+        .collect();
+    orphan_groups.sort();
+    let grace_ms = grace.as_millis() as i64;
+    let mut nodes: Vec<NodeStatus> = infos
+        .iter()
+        .map(|info| {
+            let ago = now_ms.saturating_sub(info.last_seen_ms).max(0);
+            NodeStatus {
+                lag: lags.get(info.id.as_str()).cloned().unwrap_or_default(),
+                uptime_secs: (now_ms.saturating_sub(info.started_ms).max(0) / 1000) as u64,
+                last_seen_ago_ms: ago as u64,
+                stale: ago > grace_ms,
+                info: info.clone(),
+            }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+    ClusterStatus {
+        at_ms: now_ms,
+        nodes,
+        shards,
+        orphan_groups,
+    }
+}
+
+/// The groups of an `XINFO GROUPS` reply (RESP2 arrays or RESP3 maps).
+pub fn parse_groups(reply: &Value) -> Vec<GroupInfo> {
+    let Value::Array(groups) = reply else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        let fields: Vec<(String, &Value)> = match g {
+            Value::Array(kv) => kv
+                .chunks(2)
+                .filter_map(|c| match c {
+                    [k, v] => bulk_string(k).map(|k| (k, v)),
+                    _ => None,
+                })
+                .collect(),
+            Value::Map(kv) => kv
+                .iter()
+                .filter_map(|(k, v)| bulk_string(k).map(|k| (k, v)))
+                .collect(),
+            _ => continue,
+        };
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let Some(group) = get("name").and_then(bulk_string) else {
+            continue;
+        };
+        let int = |name: &str| match get(name) {
+            Some(Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        };
+        out.push(GroupInfo {
+            node: group.strip_prefix("edge:").map(str::to_owned),
+            lag: int("lag"),
+            entries_read: int("entries-read"),
+            group,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn node_info_round_trips_through_hash_fields() {
+        let n = NodeInfo {
+            id: "a".into(),
+            address: "10.0.0.1:8080".into(),
+            version: "0.1.0".into(),
+            shards: 16,
+            started_ms: 5,
+            last_seen_ms: 9,
+            connections: 3,
+            max_connections: 10,
+            subscriptions: 4,
+            tasks: 2,
+            delivered: 100,
+            feed_events: 50,
+            published: 7,
+            delivered_per_sec: 1.5,
+            feed_events_per_sec: 0.25,
+            published_per_sec: 0.0,
+            draining: true,
+        };
+        let map: HashMap<String, String> = n
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(NodeInfo::from_fields("a", &map, 9), n);
+        let partial = NodeInfo::from_fields("b", &HashMap::new(), 1);
+        assert_eq!(partial.id, "b");
+        assert_eq!(partial.connections, 0);
+    }
+
+    #[test]
+    fn parses_xinfo_groups_and_joins_lag() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("name"),
+                bulk("edge:a"),
+                bulk("entries-read"),
+                Value::Int(7),
+                bulk("lag"),
+                Value::Int(3),
+            ]),
+            Value::Array(vec![
+                bulk("name"),
+                bulk("edge:ghost"),
+                bulk("lag"),
+                Value::Nil,
+            ]),
+            Value::Array(vec![
+                bulk("name"),
+                bulk("reporting"),
+                bulk("lag"),
+                Value::Int(1),
+            ]),
+        ]);
+        let groups = parse_groups(&reply);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[0].node.as_deref(), Some("a"));
+        assert_eq!(groups[0].lag, Some(3));
+        assert_eq!(groups[0].entries_read, Some(7));
+        assert_eq!(groups[1].lag, None);
+        assert_eq!(groups[2].node, None);
+        let shard = ShardStats {
+            shard: 0,
+            feed: keys::feed_key(0),
+            length: 10,
+            groups,
+        };
+        assert_eq!(shard.max_lag(), Some(3));
+        let info = NodeInfo {
+            id: "a".into(),
+            started_ms: 0,
+            last_seen_ms: 1_000,
+            ..NodeInfo::default()
+        };
+        let s = assemble(
+            vec![info],
+            vec![shard],
+            std::time::Duration::from_secs(2),
+            4_000,
+        );
+        assert_eq!(s.nodes[0].lag.total, 3);
+        assert_eq!(s.nodes[0].lag.groups, 1);
+        assert!(s.nodes[0].stale, "3 s without a heartbeat > 2 s grace");
+        assert_eq!(s.nodes[0].uptime_secs, 4);
+        assert_eq!(s.orphan_groups, vec!["edge:ghost".to_owned()]);
+    }
+}

@@ -1,0 +1,461 @@
+//! Per-node protections: bounded queues with lossless catch-up, connection
+//! limits, released resources for abandoned connections, drain, connect
+//! rate limiting.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
+use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient, WsClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(20);
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Opens an SSE request on a raw socket and returns it without reading.
+async fn raw_sse(addr: std::net::SocketAddr, path: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write request");
+    s
+}
+
+/// Reads SSE frames from a raw HTTP/1.1 chunked response, collecting event
+/// ids until `until` is seen.
+async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
+    let mut buf = Vec::with_capacity(1 << 20);
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut scanned = 0;
+    loop {
+        let n = tokio::time::timeout(T, s.read(&mut chunk))
+            .await
+            .expect("read within timeout")
+            .expect("read");
+        assert!(n > 0, "stream ended before seq {until}");
+        buf.extend_from_slice(&chunk[..n]);
+        // Find "\nid: N\n" lines (chunk framing never splits our lines in a
+        // way that matters: we only scan complete lines).
+        while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
+            let line = &buf[scanned..scanned + pos];
+            scanned += pos + 1;
+            if let Some(rest) = line.strip_prefix(b"id: ") {
+                let seq: u64 = std::str::from_utf8(rest)
+                    .expect("ascii")
+                    .trim()
+                    .parse()
+                    .expect("seq");
+                log.event(seq);
+                if seq == until {
+                    return;
+                }
+            }
+        }
+        if scanned > (1 << 20) {
+            buf.drain(..scanned);
+            scanned = 0;
+        }
+    }
+}
+
+/// A client that stops reading while 20 000 events are published, then
+/// reads again, receives every seq exactly once; a normal client on the same
+/// task keeps receiving live events; the node's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_catches_up_exactly_with_bounded_memory() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let edge = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--queue-capacity",
+        "256",
+    ])
+    .await;
+    // The log must hold all 20 000 events, or catching up ends in a reset.
+    let config = PublisherConfig {
+        log_cap: 50_000,
+        ..PublisherConfig::default()
+    };
+    let p = Publisher::connect_with(&redis.url(), config)
+        .await
+        .expect("publisher");
+    let task = unique_task("slow");
+    const N: u64 = 20_000;
+    // ~2 KiB per event: buffering everything for the stalled client would
+    // take > 40 MiB.
+    let blob = "x".repeat(2000);
+
+    p.publish(&task, "progress", &json!({"i": 0, "blob": blob}))
+        .await
+        .expect("first");
+    let mut stalled = raw_sse(edge.addr, &format!("/v1/tasks/{task}/events?after=0")).await;
+    let mut normal =
+        SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=0")), None).await;
+    assert_eq!(normal.next_event(T).await.expect("first").seq(), Some(1));
+
+    let base = rss_kib();
+    let producer = {
+        let p = p.clone();
+        let task = task.clone();
+        let blob = blob.clone();
+        tokio::spawn(async move {
+            for i in 2..=N {
+                let opts = PublishOptions {
+                    is_final: i == N,
+                    idempotency_key: None,
+                };
+                p.publish_with(&task, "progress", &json!({"i": i, "blob": blob}), opts)
+                    .await
+                    .expect("publish");
+            }
+        })
+    };
+    let mut normal_log = DeliveryLog::default();
+    normal_log.event(1);
+    let mut peak = base;
+    while let Some(f) = normal.next_event(T).await {
+        normal_log.event(f.seq().expect("id"));
+        if normal_log.received.len() % 500 == 0 {
+            peak = peak.max(rss_kib());
+        }
+    }
+    producer.await.expect("producer");
+    peak = peak.max(rss_kib());
+    let v = normal_log.check(1, N);
+    println!("normal client: {v}");
+    assert!(v.is_exact(), "{v:?}");
+
+    let catchups = edge.state.metrics.catchups.get();
+    assert!(
+        catchups >= 1,
+        "the stalled client overflowed its queue and was switched to catch-up"
+    );
+
+    let mut slow_log = DeliveryLog::default();
+    read_raw_ids(&mut stalled, N, &mut slow_log).await;
+    peak = peak.max(rss_kib());
+    let v = slow_log.check(1, N);
+    let growth_mib = peak.saturating_sub(base) as f64 / 1024.0;
+    println!(
+        "stalled client: {v}; catchups={catchups}; RSS base={} KiB peak={} KiB growth={growth_mib:.1} MiB",
+        base, peak
+    );
+    assert!(v.is_exact(), "{v:?}");
+    // The bound depends on the queue capacity and page size, not on N:
+    // 256 queued + 256 paged events of ~2.3 KiB each per client is ~1.2 MiB;
+    // allow generous slack for allocator behaviour and the test's own
+    // clients. Unbounded buffering would exceed 40 MiB.
+    assert!(growth_mib < 32.0, "edge memory grew by {growth_mib:.1} MiB");
+}
+
+#[tokio::test]
+async fn connection_limit_is_exact_and_guarded() {
+    sluice_tests::init_logs();
+    let edge = spawn_edge(&["--insecure", "--max-connections", "3"]).await;
+    let task = unique_task("limit");
+    let url = edge.url(&format!("/v1/tasks/{task}/events"));
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = SseClient::connect(&url, None).await;
+        assert_eq!(c.status, 200);
+        assert!(c.next_frame(T).await.expect("retry").retry.is_some());
+        open.push(c);
+    }
+    let refused = SseClient::connect(&url, None).await;
+    assert_eq!(refused.status, 503);
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=5).contains(&retry_after));
+    let body: serde_json::Value =
+        serde_json::from_str(refused.body.as_deref().expect("body")).expect("json");
+    assert_eq!(body["error"], json!("too_many_connections"));
+    assert_eq!(
+        WsClient::connect(&format!("ws://{}/v1/tasks/{task}/ws", edge.addr))
+            .await
+            .err(),
+        Some(503)
+    );
+    let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status(), 503, "not ready at the limit");
+
+    drop(open.pop());
+    let state = edge.state.clone();
+    sluice_tests::wait_until("slot freed", T, || {
+        let st = state.clone();
+        async move { st.limits.in_use() == 2 }
+    })
+    .await;
+    let c = SseClient::connect(&url, None).await;
+    assert_eq!(c.status, 200);
+    open.push(c);
+    drop(open);
+    sluice_tests::wait_until("all released", T, || {
+        let st = state.clone();
+        async move { st.limits.in_use() == 0 && st.metrics.open_connections() == 0 }
+    })
+    .await;
+    let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let m = reqwest::get(edge.url("/metrics"))
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        m.contains(r#"sluice_edge_connections_refused_total{reason="ConnectionLimit"} 2"#),
+        "{m}"
+    );
+}
+
+/// 1 000 connections opened and abandoned (half closed cleanly, half
+/// dropped mid-stream): every counter returns to its baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_connections_release_everything() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    // Heartbeats far apart: releasing must not depend on a heartbeat write
+    // failing (WebSocket clients here do not read, so they never answer pings).
+    let edge = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--heartbeat-secs",
+        "300",
+    ])
+    .await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let tasks: Vec<String> = (0..10).map(|_| unique_task("churn")).collect();
+    for t in &tasks {
+        p.publish(t, "progress", &json!(1)).await.expect("publish");
+    }
+    let state = edge.state.clone();
+    let base_tasks = state.metrics.connection_tasks.get();
+    assert_eq!(base_tasks, 0);
+
+    let mut sse = Vec::new();
+    let mut ws = Vec::new();
+    for i in 0..1000usize {
+        let t = &tasks[i % tasks.len()];
+        if i % 4 == 3 {
+            let c = WsClient::connect(&format!("ws://{}/v1/tasks/{t}/ws", edge.addr))
+                .await
+                .expect("ws");
+            ws.push(c);
+        } else {
+            let mut s = raw_sse(edge.addr, &format!("/v1/tasks/{t}/events")).await;
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).await.expect("read head");
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            sse.push(s);
+        }
+    }
+    sluice_tests::wait_until("1000 connections open", T, || {
+        let st = state.clone();
+        async move { st.limits.in_use() == 1000 }
+    })
+    .await;
+    assert_eq!(state.hub.task_count(), 10);
+    for t in &tasks {
+        p.publish(t, "progress", &json!(2)).await.expect("publish");
+    }
+    // Half clean, half dropped mid-stream (RST via zero linger).
+    for (i, s) in sse.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let mut s = s;
+            let _ = s.shutdown().await;
+        } else {
+            // Zero linger: the close sends RST, like a vanished peer.
+            let std = s.into_std().expect("std socket");
+            let sock = socket2::SockRef::from(&std);
+            let _ = sock.set_linger(Some(Duration::ZERO));
+            drop(std);
+        }
+    }
+    for (i, c) in ws.into_iter().enumerate() {
+        if i % 2 == 0 {
+            c.close().await;
+        } else {
+            drop(c);
+        }
+    }
+    sluice_tests::wait_until("every connection released", Duration::from_secs(30), || {
+        let st = state.clone();
+        async move {
+            st.limits.in_use() == 0
+                && st.metrics.open_connections() == 0
+                && st.metrics.connection_tasks.get() == 0
+                && st.metrics.subscriptions.get() == 0
+                && st.hub.task_count() == 0
+        }
+    })
+    .await;
+    println!(
+        "after 1000 abandoned connections: in_use={} tasks={} subscriptions={}",
+        state.limits.in_use(),
+        state.metrics.connection_tasks.get(),
+        state.metrics.subscriptions.get()
+    );
+}
+
+/// Draining node A (SIGTERM equivalent) while a producer publishes: its
+/// clients are told to reconnect, resume on node B and miss nothing; A
+/// destroys its consumer groups and stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_clients_without_loss() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let a = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--node-id",
+        "drain-a",
+        "--drain-secs",
+        "2",
+    ])
+    .await;
+    let b = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--node-id",
+        "drain-b",
+    ])
+    .await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = unique_task("drain");
+    const N: u64 = 600;
+    const CLIENTS: usize = 20;
+    p.publish(&task, "progress", &json!(1))
+        .await
+        .expect("publish");
+
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let a_url = a.url(&format!("/v1/tasks/{task}/events?after=0"));
+        let b_url = b.url(&format!("/v1/tasks/{task}/events"));
+        clients.spawn(async move {
+            let mut log = DeliveryLog::default();
+            let mut c = SseClient::connect(&a_url, None).await;
+            assert_eq!(c.status, 200);
+            let mut drain_retry = None;
+            while let Some(f) = c.next_frame(T).await {
+                if let Some(seq) = f.seq() {
+                    log.event(seq);
+                } else if f.retry.is_some() && !log.received.is_empty() {
+                    drain_retry = f.retry;
+                }
+            }
+            let reconnects = drain_retry.is_some();
+            let mut c = SseClient::connect(&b_url, log.last()).await;
+            if c.status == 200 {
+                while let Some(f) = c.next_event(T).await {
+                    log.event(f.seq().expect("id"));
+                }
+            } else {
+                assert_eq!(c.status, 204);
+            }
+            (log, reconnects)
+        });
+    }
+    let producer = {
+        let p = p.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            for i in 2..=N {
+                let opts = PublishOptions {
+                    is_final: i == N,
+                    idempotency_key: None,
+                };
+                p.publish_with(&task, "progress", &json!(i), opts)
+                    .await
+                    .expect("publish");
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+        })
+    };
+    let state = a.state.clone();
+    sluice_tests::wait_until("clients on A", T, || {
+        let st = state.clone();
+        async move { st.limits.in_use() == CLIENTS }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a_url = a.url("/readyz");
+    a.shutdown.cancel();
+    // Readiness goes false at once.
+    let r = reqwest::get(&a_url).await.expect("readyz");
+    assert_eq!(r.status(), 503);
+    let refused = SseClient::connect(&a.url(&format!("/v1/tasks/{task}/events")), None).await;
+    assert_eq!(refused.status, 503);
+
+    let mut drained = 0;
+    while let Some(r) = clients.join_next().await {
+        let (log, reconnected) = r.expect("client");
+        let v = log.check(1, N);
+        assert!(v.is_exact(), "{v:?}");
+        drained += usize::from(reconnected);
+    }
+    producer.await.expect("producer");
+    println!("drain: {CLIENTS} clients exact, {drained} got a drain retry:");
+    assert!(drained > 0);
+    a.stop().await;
+    // A's groups are gone; B's remain.
+    let mut conn = redis.conn().await;
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("sluice:{s0}:feed")
+        .query_async(&mut conn)
+        .await
+        .expect("xinfo");
+    let text = format!("{groups:?}");
+    assert!(!text.contains("edge:drain-a"), "{text}");
+    assert!(text.contains("edge:drain-b"), "{text}");
+}
+
+#[tokio::test]
+async fn connect_rate_limit_refuses_bursts_with_jittered_retry_after() {
+    sluice_tests::init_logs();
+    let edge = spawn_edge(&["--insecure", "--max-connect-rate", "5"]).await;
+    let task = unique_task("rate");
+    let url = edge.url(&format!("/v1/tasks/{task}/events"));
+    let mut ok = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let c = SseClient::connect(&url, None).await;
+        match c.status {
+            200 => ok.push(c),
+            503 => {
+                refused += 1;
+                let ra: u64 = c.headers["retry-after"]
+                    .to_str()
+                    .expect("a")
+                    .parse()
+                    .expect("n");
+                assert!((1..=5).contains(&ra));
+                let body: serde_json::Value =
+                    serde_json::from_str(c.body.as_deref().expect("b")).expect("json");
+                assert_eq!(body["error"], json!("connect_rate_limited"));
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(ok.len() >= 5 && ok.len() < 20, "{} admitted", ok.len());
+    assert_eq!(refused + ok.len(), 20);
+}
