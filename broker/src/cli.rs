@@ -5,6 +5,7 @@ mod publish;
 mod snapshot;
 mod status;
 mod tail;
+mod token;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -44,6 +45,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Demo producer: a few tasks publishing progress in a loop.
     Demo(demo::DemoArgs),
+    /// Print a subscriber token (HS256 JWT) for the given tasks/patterns.
+    Token(token::TokenArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -53,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot(a) => snapshot::run(&cli.redis, a).await,
         Command::Status(a) => status::run(&cli.redis, a).await,
         Command::Demo(a) => demo::run(&cli.redis, a).await,
+        Command::Token(a) => token::run(a),
     }
 }
 

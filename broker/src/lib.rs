@@ -13,6 +13,7 @@ pub mod function;
 pub mod nodes;
 pub mod publisher;
 pub mod reader;
+pub mod token;
 
 pub use publisher::{PublishError, PublishOptions, Published, Publisher, PublisherConfig};
 pub use reader::ReadError;

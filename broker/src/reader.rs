@@ -78,23 +78,33 @@ pub async fn history<C: ConnectionLike + Send>(
         .arg(limit.max(1))
         .query_async(conn)
         .await?;
-    parse_entries(&reply)
-        .map_err(|e| ReadError::corrupt(task, e))?
-        .into_iter()
-        .map(|(id, fields)| {
-            let bytes = fields
-                .get("e")
-                .ok_or_else(|| ReadError::corrupt(task, "entry without e"))?;
-            let ev = decode_for(task, bytes).map_err(|e| ReadError::corrupt(task, e))?;
-            if entry_seq(&id) != Some(ev.seq) {
-                return Err(ReadError::corrupt(
-                    task,
-                    format!("entry {id} holds seq {}", ev.seq),
-                ));
+    let entries = parse_entries(&reply).map_err(|e| ReadError::corrupt(task, e))?;
+    let mut out = Vec::with_capacity(entries.len());
+    for (id, fields) in entries {
+        let decoded = match fields.get("e") {
+            Some(bytes) => decode_for(task, bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|ev| {
+                    if entry_seq(&id) == Some(ev.seq) {
+                        Ok(ev)
+                    } else {
+                        Err(format!("entry {id} holds seq {}", ev.seq))
+                    }
+                }),
+            None => Err(format!("entry {id} has no event")),
+        };
+        match decoded {
+            Ok(ev) => out.push(ev),
+            // Return the good prefix; the next read starts at the bad entry
+            // and reports it.
+            Err(what) if !out.is_empty() => {
+                tracing::warn!(task = %task, entry = %id, cause = %what, "corrupt log entry");
+                break;
             }
-            Ok(ev)
-        })
-        .collect()
+            Err(what) => return Err(ReadError::corrupt(task, what)),
+        }
+    }
+    Ok(out)
 }
 
 /// Decodes a stored event and checks it belongs to `task`.

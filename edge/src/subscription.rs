@@ -214,7 +214,19 @@ impl Subscription {
 
     /// Reads one history page after `last`.
     async fn fill(&mut self) -> Result<(), StoreError> {
-        let page = self.store.history(&self.task, self.last, self.page).await?;
+        let page = match self.store.history(&self.task, self.last, self.page).await {
+            Ok(page) => page,
+            Err(StoreError::Corrupt { task, what }) => {
+                // The next event cannot be read back: as good as not
+                // retained. Tell the client with a reset instead of failing
+                // the connection (it would fail again on every reconnect).
+                tracing::warn!(task = %task, cause = %what, "unreadable history; sending a reset");
+                let snap = self.store.snapshot(&self.task).await?;
+                self.reset(snap.as_ref());
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         match page.first() {
             Some(first) if first.seq == self.last + 1 => {
                 let full = page.len() >= self.page;

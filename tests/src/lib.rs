@@ -2,8 +2,10 @@
 //! nodes started in-process on `127.0.0.1:0`, SSE clients and a delivery
 //! checker. Integration tests live in `tests/`, one file per scenario.
 
+pub mod chaos;
 pub mod checker;
 pub mod edge;
+pub mod load;
 pub mod redis_fixture;
 pub mod sse;
 pub mod ws;

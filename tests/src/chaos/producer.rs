@@ -1,0 +1,195 @@
+//! The producer of a fault scenario: `workers` tasks publishing round-robin
+//! over their share of the scenario's tasks, one event per task every
+//! `interval`, through whatever the scenario does to Redis.
+//!
+//! A publish that fails is retried with the same idempotency key until Redis
+//! answers, so a reply lost in a fault never turns into a duplicate. What
+//! Redis acknowledged is recorded per task as *epochs*: a seq at or below the
+//! previous one means Redis lost the task (restart without persistence) and
+//! numbering started again. That record is what the checker compares every
+//! client against.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How long one publish is retried before the scenario fails.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct ProducerSpec {
+    pub tasks: Vec<String>,
+    pub workers: usize,
+    /// Pause between two rounds of one worker (one event per task a round).
+    pub interval: Duration,
+    pub config: PublisherConfig,
+}
+
+/// Per task: the last acknowledged seq of each epoch.
+pub type Epochs = HashMap<String, Vec<u64>>;
+
+#[derive(Default)]
+struct Record {
+    epochs: Mutex<Epochs>,
+    published: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Record {
+    fn ack(&self, task: &str, seq: u64) {
+        let mut e = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        let v = e.entry(task.to_owned()).or_default();
+        match v.last_mut() {
+            Some(last) if seq > *last => *last = seq,
+            _ => v.push(seq),
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub struct Producer {
+    publisher: Publisher,
+    spec: ProducerSpec,
+    record: Arc<Record>,
+    stop: CancellationToken,
+    workers: JoinSet<()>,
+}
+
+/// What the producer did, for the checker and the report.
+#[derive(Debug, Clone)]
+pub struct Produced {
+    pub epochs: Epochs,
+    pub published: u64,
+    pub retries: u64,
+}
+
+impl Producer {
+    /// Connects (Redis must be up) and starts publishing.
+    pub async fn start(url: &str, spec: ProducerSpec) -> Producer {
+        let publisher = Publisher::connect_with(url, spec.config.clone())
+            .await
+            .expect("producer connects");
+        let record = Arc::new(Record::default());
+        let stop = CancellationToken::new();
+        let mut workers = JoinSet::new();
+        let n = spec.workers.max(1);
+        for w in 0..n {
+            let mine: Vec<String> = spec.tasks.iter().skip(w).step_by(n).cloned().collect();
+            let (p, r, s, interval) = (
+                publisher.clone(),
+                record.clone(),
+                stop.clone(),
+                spec.interval,
+            );
+            workers.spawn(async move {
+                let mut round = 0u64;
+                while !s.is_cancelled() {
+                    for task in &mine {
+                        let key = format!("r{round}");
+                        publish(
+                            &p,
+                            &r,
+                            task,
+                            "progress",
+                            json!({ "round": round }),
+                            false,
+                            &key,
+                        )
+                        .await;
+                    }
+                    round += 1;
+                    tokio::select! {
+                        biased;
+                        _ = s.cancelled() => break,
+                        _ = tokio::time::sleep(interval) => {}
+                    }
+                }
+            });
+        }
+        Producer {
+            publisher,
+            spec,
+            record,
+            stop,
+            workers,
+        }
+    }
+
+    /// Events acknowledged so far.
+    pub fn published(&self) -> u64 {
+        self.record.published.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` events were acknowledged.
+    pub async fn wait_published(&self, n: u64, deadline: Duration) {
+        let r = self.record.clone();
+        crate::wait_until("producer progress", deadline, || {
+            let r = r.clone();
+            async move { r.published.load(Ordering::Relaxed) >= n }
+        })
+        .await;
+    }
+
+    /// Stops the workers and publishes every task's final event.
+    pub async fn finish(mut self) -> Produced {
+        self.stop.cancel();
+        while self.workers.join_next().await.is_some() {}
+        let mut finals = JoinSet::new();
+        for task in self.spec.tasks.clone() {
+            let (p, r) = (self.publisher.clone(), self.record.clone());
+            finals.spawn(async move {
+                publish(&p, &r, &task, "done", json!({ "ok": true }), true, "final").await;
+            });
+        }
+        while finals.join_next().await.is_some() {}
+        Produced {
+            epochs: self
+                .record
+                .epochs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            published: self.record.published.load(Ordering::Relaxed),
+            retries: self.record.retries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One event, retried with the same idempotency key until acknowledged.
+async fn publish(
+    p: &Publisher,
+    r: &Record,
+    task: &str,
+    kind: &str,
+    data: serde_json::Value,
+    is_final: bool,
+    key: &str,
+) {
+    let opts = PublishOptions {
+        is_final,
+        idempotency_key: Some(key.to_owned()),
+    };
+    let end = tokio::time::Instant::now() + RETRY_FOR;
+    loop {
+        match p.publish_with(task, kind, &data, opts.clone()).await {
+            Ok(done) => {
+                r.ack(task, done.seq);
+                return;
+            }
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < end,
+                    "publish to {task} kept failing for {RETRY_FOR:?}: {e}"
+                );
+                r.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! Auth and bad input, against a real Redis: subscriber tokens (401/403 on
+//! SSE, WebSocket, snapshot and history), key rotation, publish keys, secure
+//! by default, validation of every input, corrupt stored data.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_broker::Publisher;
+use sluice_shared::token::Claims;
+use sluice_tests::{spawn_edge, unique_task, RedisFixture, SseClient, WsClient, WsItem};
+
+const T: Duration = Duration::from_secs(10);
+const S1: &str = "first-secret-0123456789";
+const S2: &str = "second-secret-0123456789";
+
+fn token(secret: &str, tasks: &[&str]) -> String {
+    let tasks: Vec<String> = tasks.iter().map(|s| s.to_string()).collect();
+    sluice_broker::token::issue(secret, &tasks, Duration::from_secs(600), Some("test"))
+        .expect("token")
+}
+
+fn expired(secret: &str, task: &str) -> String {
+    let claims = Claims {
+        tasks: vec![task.into()],
+        exp: 1_000_000,
+        iat: None,
+        sub: None,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode")
+}
+
+async fn status_and_error(
+    client: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+) -> (u16, String) {
+    let mut req = client.get(url);
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    if status == 200 {
+        return (status, String::new());
+    }
+    let body: serde_json::Value = r.json().await.expect("JSON error body");
+    assert!(body["message"].is_string(), "{body}");
+    (
+        status,
+        body["error"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn tokens_gate_every_read_endpoint() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let secrets = format!("{S1},{S2}");
+    let edge = spawn_edge(&["--redis-url", &redis.url(), "--auth-secret", &secrets]).await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = format!("reports-{}", unique_task("auth"));
+    let other = unique_task("other");
+    p.publish(&task, "progress", &json!(1))
+        .await
+        .expect("publish");
+    p.publish(&other, "progress", &json!(1))
+        .await
+        .expect("publish");
+    let client = reqwest::Client::new();
+
+    let exact = token(S1, &[&task]);
+    let prefix = token(S1, &["reports-*"]);
+    let rotated = token(S2, &[&task]);
+    let wrong_sig = token("not-the-secret-at-all-0000", &[&task]);
+    let old = expired(S1, &task);
+    for path in [
+        format!("/v1/tasks/{task}"),
+        format!("/v1/tasks/{task}/history?after=0"),
+    ] {
+        let url = edge.url(&path);
+        assert_eq!(
+            status_and_error(&client, &url, None).await,
+            (401, "unauthorized".into()),
+            "{path}"
+        );
+        assert_eq!(
+            status_and_error(&client, &url, Some("garbage")).await.0,
+            401
+        );
+        assert_eq!(
+            status_and_error(&client, &url, Some(&wrong_sig)).await.0,
+            401
+        );
+        assert_eq!(status_and_error(&client, &url, Some(&old)).await.0, 401);
+        assert_eq!(status_and_error(&client, &url, Some(&exact)).await.0, 200);
+        assert_eq!(status_and_error(&client, &url, Some(&prefix)).await.0, 200);
+        assert_eq!(
+            status_and_error(&client, &url, Some(&rotated)).await.0,
+            200,
+            "second secret verifies"
+        );
+        // ?token= works too (EventSource cannot set headers).
+        let sep = if path.contains('?') { '&' } else { '?' };
+        assert_eq!(
+            status_and_error(&client, &format!("{url}{sep}token={exact}"), None)
+                .await
+                .0,
+            200
+        );
+    }
+    // Valid token, other task: 403.
+    let url = edge.url(&format!("/v1/tasks/{other}"));
+    assert_eq!(
+        status_and_error(&client, &url, Some(&prefix)).await,
+        (403, "forbidden".into())
+    );
+
+    // SSE.
+    let sse = edge.url(&format!("/v1/tasks/{task}/events"));
+    assert_eq!(SseClient::connect(&sse, None).await.status, 401);
+    let bad = format!("Bearer {wrong_sig}");
+    assert_eq!(
+        SseClient::connect_with(&sse, None, &[("authorization", &bad)])
+            .await
+            .status,
+        401
+    );
+    let forbidden = SseClient::connect(
+        &edge.url(&format!("/v1/tasks/{other}/events?token={prefix}")),
+        None,
+    )
+    .await;
+    assert_eq!(forbidden.status, 403);
+    let mut ok = SseClient::connect(&format!("{sse}?token={prefix}"), None).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.next_event(T).await.expect("snapshot").seq(), Some(1));
+
+    // WebSocket.
+    let ws = format!("ws://{}/v1/tasks/{task}/ws", edge.addr);
+    assert_eq!(WsClient::connect(&ws).await.err(), Some(401));
+    assert_eq!(
+        WsClient::connect(&format!(
+            "ws://{}/v1/tasks/{other}/ws?token={exact}",
+            edge.addr
+        ))
+        .await
+        .err(),
+        Some(403)
+    );
+    let mut c = WsClient::connect(&format!("{ws}?token={rotated}"))
+        .await
+        .expect("allowed");
+    assert_eq!(c.envelope(T).await["seq"], json!(1));
+
+    let m = client
+        .get(edge.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("t");
+    assert!(
+        m.contains(r#"sluice_edge_connections_refused_total{reason="Forbidden"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn publish_keys_and_secure_defaults() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let client = reqwest::Client::new();
+    let task = unique_task("pubkey");
+
+    // Keys configured (two, for rotation): missing or wrong is 401.
+    let edge = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--publish-key",
+        "k-one,k-two",
+    ])
+    .await;
+    let url = edge.url(&format!("/v1/tasks/{task}/events"));
+    let body = json!({"type": "progress", "data": {"pct": 1}});
+    let r = client.post(&url).json(&body).send().await.expect("post");
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(&url)
+        .bearer_auth("k-three")
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    let r = client
+        .post(&url)
+        .bearer_auth("k-two")
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201);
+    // Idempotent retry over HTTP: 200 with the first seq.
+    let body_k = json!({"type": "progress", "data": 2, "idempotency_key": "once"});
+    let a: serde_json::Value = client
+        .post(&url)
+        .bearer_auth("k-one")
+        .json(&body_k)
+        .send()
+        .await
+        .expect("p")
+        .json()
+        .await
+        .expect("j");
+    let r = client
+        .post(&url)
+        .bearer_auth("k-one")
+        .json(&body_k)
+        .send()
+        .await
+        .expect("p");
+    assert_eq!(r.status(), 200);
+    let b: serde_json::Value = r.json().await.expect("j");
+    assert_eq!(a["seq"], b["seq"]);
+    assert_eq!(b["duplicate"], json!(true));
+    drop(edge);
+
+    // No key configured and not demo: publishing over HTTP is refused.
+    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let r = client
+        .post(edge.url(&format!("/v1/tasks/{task}/events")))
+        .json(&body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 403);
+
+    // Secure by default: no secret and neither --insecure nor --demo.
+    use clap::Parser;
+    let c = sluice_edge::Config::try_parse_from(["sluice-edge"]).expect("parses");
+    let err = c.validate().expect_err("refuses to start open");
+    assert!(err.contains("--insecure"), "{err}");
+    let c = sluice_edge::Config::try_parse_from(["sluice-edge", "--auth-secret", "short"])
+        .expect("parses");
+    assert!(c.validate().is_err(), "weak secrets are refused");
+    for ok in [
+        vec!["sluice-edge", "--insecure"],
+        vec!["sluice-edge", "--demo"],
+        vec!["sluice-edge", "--auth-secret", S1],
+    ] {
+        sluice_edge::Config::try_parse_from(ok)
+            .expect("parses")
+            .validate()
+            .expect("valid");
+    }
+    // The effective config logged at start never shows secrets.
+    let c = sluice_edge::Config::try_parse_from([
+        "sluice-edge",
+        "--auth-secret",
+        S1,
+        "--publish-key",
+        "pk-secret",
+        "--redis-url",
+        "redis://user:pw-secret@h:1",
+    ])
+    .expect("parses");
+    let shown = c.redacted();
+    for secret in [S1, "pk-secret", "pw-secret"] {
+        assert!(!shown.contains(secret), "{shown}");
+    }
+}
+
+/// Every malformed input gets a 4xx with the JSON error body, never a 500,
+/// never a crash, and never touches stored data.
+#[tokio::test]
+async fn bad_input_is_refused_without_touching_data() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let edge = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--publish-key",
+        "pk",
+    ])
+    .await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = unique_task("input");
+    p.publish(&task, "progress", &json!({"pct": 5}))
+        .await
+        .expect("publish");
+    let client = reqwest::Client::new();
+    let before: serde_json::Value = client
+        .get(edge.url(&format!("/v1/tasks/{task}")))
+        .send()
+        .await
+        .expect("g")
+        .json()
+        .await
+        .expect("j");
+
+    let long_id = "x".repeat(129);
+    let bad_tasks = [
+        "a%20b",
+        "a%2Fb",
+        "%FF",
+        "%7Bs1%7D",
+        long_id.as_str(),
+        "caf%C3%A9",
+        "a*b",
+    ];
+    for t in bad_tasks {
+        for path in [
+            format!("/v1/tasks/{t}"),
+            format!("/v1/tasks/{t}/history"),
+            format!("/v1/tasks/{t}/events"),
+        ] {
+            let (status, _) = status_and_error(&client, &edge.url(&path), None).await;
+            assert_eq!(status, 400, "{path}");
+        }
+    }
+    let sse = edge.url(&format!("/v1/tasks/{task}/events"));
+    for id in ["abc", "-1", "1.5", "99999999999999999999999", "0x10", " "] {
+        let c = SseClient::connect_with(&sse, None, &[("last-event-id", id)]).await;
+        assert_eq!(c.status, 400, "Last-Event-ID {id:?}");
+        let body: serde_json::Value =
+            serde_json::from_str(c.body.as_deref().expect("body")).expect("json");
+        assert_eq!(body["error"], json!("invalid_resume_point"));
+    }
+    for q in ["after=abc", "after=-5", "after=18446744073709551616"] {
+        assert_eq!(
+            SseClient::connect(&format!("{sse}?{q}"), None).await.status,
+            400,
+            "{q}"
+        );
+    }
+    for q in ["limit=0", "limit=-1", "limit=1001", "limit=x", "after=1e3"] {
+        let (status, code) = status_and_error(
+            &client,
+            &edge.url(&format!("/v1/tasks/{task}/history?{q}")),
+            None,
+        )
+        .await;
+        assert_eq!(status, 400, "{q}");
+        assert!(code.starts_with("invalid_"), "{code}");
+    }
+
+    // Publish bodies.
+    let url = edge.url(&format!("/v1/tasks/{task}/events"));
+    let deep = format!(
+        "{{\"type\":\"x\",\"data\":{}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let huge = format!("{{\"type\":\"x\",\"data\":\"{}\"}}", "y".repeat(300 * 1024));
+    let big_data = format!("{{\"type\":\"x\",\"data\":\"{}\"}}", "y".repeat(70 * 1024));
+    let cases: Vec<(String, u16)> = vec![
+        ("not json".into(), 400),
+        ("{}".into(), 400),
+        (r#"{"type":"sluice.reset","data":1}"#.into(), 400),
+        (r#"{"type":"has space","data":1}"#.into(), 400),
+        (r#"{"type":"x","data":1,"final":"yes"}"#.into(), 400),
+        (r#"{"type":"x","data":1,"extra":true}"#.into(), 400),
+        (r#"{"type":"x","data":1,"idempotency_key":""}"#.into(), 400),
+        (deep, 400),
+        (huge, 413),
+        (big_data, 413),
+        ("\u{0}\u{1}\u{2}".into(), 400),
+    ];
+    for (body, want) in cases {
+        let r = client
+            .post(&url)
+            .bearer_auth("pk")
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), want, "{}", &body[..body.len().min(60)]);
+        let e: serde_json::Value = r.json().await.expect("JSON error body");
+        assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
+    }
+    // Wrong method, unknown path: JSON too.
+    let r = client.delete(&url).send().await.expect("delete");
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.expect("json")["error"],
+        json!("method_not_allowed")
+    );
+    let (status, code) = status_and_error(&client, &edge.url("/v2/nothing"), None).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+
+    // A WebSocket client sending an oversized message is closed (1009).
+    let mut c = WsClient::connect(&format!("ws://{}/v1/tasks/{task}/ws", edge.addr))
+        .await
+        .expect("ws");
+    assert_eq!(c.envelope(T).await["seq"], json!(1));
+    use futures_util::SinkExt;
+    let _ = c
+        .socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            "z".repeat(64 * 1024).into(),
+        ))
+        .await;
+    match c.next(T).await {
+        WsItem::Closed(code) => assert!(matches!(code, Some(1009) | Some(1008) | None), "{code:?}"),
+        WsItem::Envelope(v) => panic!("expected a close, got {v}"),
+    }
+
+    // Nothing changed in the store, and the node still serves.
+    let after: serde_json::Value = client
+        .get(edge.url(&format!("/v1/tasks/{task}")))
+        .send()
+        .await
+        .expect("g")
+        .json()
+        .await
+        .expect("j");
+    assert_eq!(before, after);
+    assert_eq!(
+        client
+            .get(edge.url("/healthz"))
+            .send()
+            .await
+            .expect("h")
+            .status(),
+        200
+    );
+}
+
+/// A corrupt or foreign entry in a feed or log never crashes the reader:
+/// it is skipped (feed) or answered with a reset (history), and delivery
+/// goes on.
+#[tokio::test]
+async fn corrupt_stream_entries_are_skipped() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = unique_task("corrupt");
+    p.publish(&task, "progress", &json!(1))
+        .await
+        .expect("publish");
+    let mut c = SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events")), None).await;
+    assert_eq!(c.next_event(T).await.expect("snapshot").seq(), Some(1));
+
+    let keys = sluice_shared::TaskKeys::new(&sluice_shared::TaskId::parse(&task).expect("t"), 16);
+    let mut conn = redis.conn().await;
+    for fields in [
+        vec![
+            ("task", task.as_bytes().to_vec()),
+            ("e", b"\xc1\xff garbage".to_vec()),
+        ],
+        vec![("task", task.as_bytes().to_vec())],
+        vec![("task", b"\xff\xfe".to_vec()), ("e", b"x".to_vec())],
+        vec![("foreign", b"producer".to_vec())],
+    ] {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&keys.feed).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd.query_async(&mut conn).await.expect("xadd junk");
+    }
+    p.publish(&task, "progress", &json!(2))
+        .await
+        .expect("publish");
+    assert_eq!(
+        c.next_event(T).await.expect("live after junk").seq(),
+        Some(2)
+    );
+
+    // A corrupt log entry where history is needed: the client gets a reset,
+    // not a crash or a silent skip.
+    let _: String = redis::cmd("XADD")
+        .arg(&keys.log)
+        .arg("3-0")
+        .arg("e")
+        .arg(b"\x00not msgpack".to_vec())
+        .query_async(&mut conn)
+        .await
+        .expect("xadd");
+    let mut c2 =
+        SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=1")), None).await;
+    assert_eq!(c2.next_event(T).await.expect("event 2").seq(), Some(2));
+    let h = reqwest::get(edge.url(&format!("/v1/tasks/{task}/history?after=2")))
+        .await
+        .expect("history");
+    assert_eq!(h.status(), 500, "a corrupt entry is reported, not hidden");
+    assert_eq!(
+        h.json::<serde_json::Value>().await.expect("json")["error"],
+        json!("corrupt_data")
+    );
+    assert_eq!(
+        reqwest::get(edge.url("/healthz"))
+            .await
+            .expect("h")
+            .status(),
+        200
+    );
+}
