@@ -25,8 +25,20 @@ pub enum ConnectError {
     Pool(String),
 }
 
-/// A pool of multiplexed connections for short commands.
+/// Installs rustls' crypto provider (ring) once, for `rediss://` URLs.
+/// Harmless when another provider is already installed.
+pub fn init_tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A pool of multiplexed connections for short commands. `rediss://` URLs
+/// use TLS (append `#insecure` to skip certificate verification, for tests
+/// only); `redis://user:pass@` URLs authenticate.
 pub fn pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
+    init_tls();
     let cfg = AsyncConnectionConfig::new()
         .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
@@ -44,6 +56,7 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
 /// A dedicated connection for blocking reads: no response timeout (the
 /// caller bounds every `BLOCK` itself).
 pub async fn dedicated(url: &str) -> redis::RedisResult<MultiplexedConnection> {
+    init_tls();
     let client = redis::Client::open(url)?;
     let cfg = AsyncConnectionConfig::new()
         .set_response_timeout(None)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +59,8 @@ pub struct Producer {
     spec: ProducerSpec,
     record: Arc<Record>,
     stop: CancellationToken,
+    /// While true, workers publish nothing (finals still go out).
+    hold: watch::Sender<bool>,
     workers: JoinSet<()>,
 }
 
@@ -77,6 +80,7 @@ impl Producer {
             .expect("producer connects");
         let record = Arc::new(Record::default());
         let stop = CancellationToken::new();
+        let (hold, _) = watch::channel(false);
         let mut workers = JoinSet::new();
         let n = spec.workers.max(1);
         for w in 0..n {
@@ -117,6 +121,7 @@ impl Producer {
             spec,
             record,
             stop,
+            hold,
             workers,
         }
     }
@@ -124,6 +129,25 @@ impl Producer {
     /// Events acknowledged so far.
     pub fn published(&self) -> u64 {
         self.record.published.load(Ordering::Relaxed)
+    }
+
+    /// Stops publishing until [`Producer::release`] (a round in progress
+    /// completes).
+    pub fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// What Redis acknowledged so far, per task.
+    pub fn epochs(&self) -> Epochs {
+        self.record
+            .epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits until at least `n` events were acknowledged.
