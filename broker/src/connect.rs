@@ -34,11 +34,123 @@ pub fn init_tls() {
     });
 }
 
+/// Scheme prefix of a Redis Cluster URL: `redis+cluster://h1:p1,h2:p2`
+/// (`rediss+cluster://` for TLS). Credentials given once apply to every seed
+/// node: `redis+cluster://user:pass@h1:p1,h2:p2`.
+pub const CLUSTER_SCHEMES: [&str; 2] = ["redis+cluster://", "rediss+cluster://"];
+
+/// The seed node URLs of a cluster URL, or `None` for a single-node URL.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = if let Some(r) = url.strip_prefix(CLUSTER_SCHEMES[0]) {
+        ("redis://", r)
+    } else {
+        ("rediss://", url.strip_prefix(CLUSTER_SCHEMES[1])?)
+    };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let (hosts, tail) = match hosts.find(['/', '#']) {
+        Some(i) => (&hosts[..i], &hosts[i..]),
+        None => (hosts, ""),
+    };
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{scheme}{auth}{h}{tail}"))
+            .collect(),
+    )
+}
+
+/// A pool for short commands: one Redis, or a Redis Cluster (commands are
+/// routed by key; `FUNCTION LOAD` goes to every primary).
+#[derive(Clone)]
+pub enum RedisPool {
+    Single(Pool),
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+impl std::fmt::Debug for RedisPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_cluster() {
+            "RedisPool::Cluster"
+        } else {
+            "RedisPool::Single"
+        })
+    }
+}
+
+/// A connection taken from a [`RedisPool`]; returns to it on drop.
+pub enum PooledConn {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl redis::aio::ConnectionLike for PooledConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            PooledConn::Single(c) => c.req_packed_command(cmd),
+            PooledConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            PooledConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            PooledConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            PooledConn::Single(c) => c.get_db(),
+            PooledConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl RedisPool {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisPool::Cluster(_))
+    }
+
+    /// A connection from the pool (waits at most the pool's timeouts).
+    pub async fn get(&self) -> Result<PooledConn, deadpool_redis::PoolError> {
+        Ok(match self {
+            RedisPool::Single(p) => PooledConn::Single(p.get().await?),
+            RedisPool::Cluster(p) => PooledConn::Cluster(p.get().await?),
+        })
+    }
+}
+
 /// A pool of multiplexed connections for short commands. `rediss://` URLs
 /// use TLS (append `#insecure` to skip certificate verification, for tests
-/// only); `redis://user:pass@` URLs authenticate.
-pub fn pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
+/// only); `redis://user:pass@` URLs authenticate; `redis+cluster://` URLs
+/// (see [`CLUSTER_SCHEMES`]) give a cluster pool.
+pub fn pool(url: &str, size: usize) -> Result<RedisPool, ConnectError> {
     init_tls();
+    if let Some(seeds) = cluster_seeds(url) {
+        let manager =
+            deadpool_redis::cluster::Manager::new(seeds, false).map_err(ConnectError::Url)?;
+        return deadpool_redis::cluster::Pool::builder(manager)
+            .max_size(size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
+            .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
+            .recycle_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
+            .build()
+            .map(RedisPool::Cluster)
+            .map_err(|e| ConnectError::Pool(e.to_string()));
+    }
     let cfg = AsyncConnectionConfig::new()
         .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
@@ -50,11 +162,78 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
         .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .recycle_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .build()
+        .map(RedisPool::Single)
         .map_err(|e| ConnectError::Pool(e.to_string()))
 }
 
-/// A dedicated connection for blocking reads: no response timeout (the
-/// caller bounds every `BLOCK` itself).
+/// A dedicated connection for blocking reads.
+pub enum Dedicated {
+    /// No response timeout: the caller bounds every `BLOCK` and can stop it
+    /// with `CLIENT UNBLOCK`.
+    Single(MultiplexedConnection),
+    /// A cluster connection of its own (follows MOVED and failovers). Its
+    /// response timeout is the block time plus [`CLUSTER_READ_SLACK`], so a
+    /// read is never abandoned client-side while the server still holds it.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// Extra time a cluster blocking read may take beyond its `BLOCK`.
+pub const CLUSTER_READ_SLACK: Duration = Duration::from_secs(10);
+
+impl redis::aio::ConnectionLike for Dedicated {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Dedicated::Single(c) => c.req_packed_command(cmd),
+            Dedicated::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Dedicated::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Dedicated::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Dedicated::Single(c) => c.get_db(),
+            Dedicated::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A dedicated connection for blocking reads of at most `block`.
+pub async fn dedicated_for(url: &str, block: Duration) -> redis::RedisResult<Dedicated> {
+    init_tls();
+    if let Some(seeds) = cluster_seeds(url) {
+        let client = redis::cluster::ClusterClientBuilder::new(seeds)
+            .connection_timeout(DEFAULT_CONNECT_TIMEOUT)
+            .response_timeout(block + CLUSTER_READ_SLACK)
+            .build()?;
+        return Ok(Dedicated::Cluster(client.get_async_connection().await?));
+    }
+    let client = redis::Client::open(url)?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+    Ok(Dedicated::Single(
+        client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await?,
+    ))
+}
+
+/// A dedicated single-node connection for blocking reads: no response
+/// timeout (the caller bounds every `BLOCK` itself).
 pub async fn dedicated(url: &str) -> redis::RedisResult<MultiplexedConnection> {
     init_tls();
     let client = redis::Client::open(url)?;
@@ -76,6 +255,22 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cluster_urls() {
+        assert_eq!(super::cluster_seeds("redis://h:1"), None);
+        assert_eq!(
+            super::cluster_seeds("redis+cluster://u:p@a:1,b:2/#insecure"),
+            Some(vec![
+                "redis://u:p@a:1/#insecure".to_string(),
+                "redis://u:p@b:2/#insecure".to_string()
+            ])
+        );
+        assert_eq!(
+            super::cluster_seeds("rediss+cluster://a:1,b:2"),
+            Some(vec!["rediss://a:1".to_string(), "rediss://b:2".to_string()])
+        );
+    }
+
     #[test]
     fn redacts_credentials() {
         assert_eq!(

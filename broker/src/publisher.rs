@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use deadpool_redis::Pool;
+use crate::connect::RedisPool as Pool;
 use serde::Serialize;
 use sluice_shared::event::DEFAULT_MAX_DATA_BYTES;
 use sluice_shared::task::{validate_event_type, validate_idempotency_key};
@@ -157,7 +157,7 @@ impl Publisher {
     /// `FUNCTION LOAD REPLACE` of the `sluice` library.
     pub async fn load_function(&self) -> Result<(), PublishError> {
         let mut conn = self.pool.get().await?;
-        function::load(&mut *conn).await?;
+        function::load(&mut conn).await?;
         Ok(())
     }
 
@@ -237,15 +237,25 @@ impl Publisher {
             .arg(self.config.idle_ttl_secs)
             .arg(self.config.retention_secs)
             .arg(self.config.max_data_bytes);
-        let mut conn = self.pool.get().await?;
-        let reply = match cmd.query_async::<(u64, i64, u8)>(&mut *conn).await {
-            Err(e) if function::is_missing(&e) => {
-                // Redis lost its functions (restart without persistence).
-                tracing::warn!("sluice_publish missing on Redis; loading it again");
-                function::load(&mut *conn).await?;
-                cmd.query_async::<(u64, i64, u8)>(&mut *conn).await
-            }
-            other => other,
+        // Bounded: a cluster connection retries through a failover by itself,
+        // but a caller must get an answer (and retry with its idempotency
+        // key) rather than wait without end.
+        let call = async {
+            let mut conn = self.pool.get().await?;
+            let reply = match cmd.query_async::<(u64, i64, u8)>(&mut conn).await {
+                Err(e) if function::is_missing(&e) => {
+                    // Redis lost its functions (restart without persistence).
+                    tracing::warn!("sluice_publish missing on Redis; loading it again");
+                    function::load(&mut conn).await?;
+                    cmd.query_async::<(u64, i64, u8)>(&mut conn).await
+                }
+                other => other,
+            };
+            Ok::<_, PublishError>(reply)
+        };
+        let reply = match tokio::time::timeout(connect::DEFAULT_RESPONSE_TIMEOUT * 2, call).await {
+            Ok(r) => r?,
+            Err(_) => return Err(PublishError::Pool("Redis did not answer in time".into())),
         };
         match reply {
             Ok((seq, ts, dup)) => Ok(Published {

@@ -12,9 +12,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
-use redis::aio::MultiplexedConnection;
 use redis::Value;
+use sluice_broker::connect::RedisPool as Pool;
 use sluice_broker::{connect, reader};
 use sluice_shared::{codec, keys};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +49,8 @@ impl FeedSettings {
 }
 
 pub struct FeedReader {
+    /// Set once a session attached (its groups exist, it is reading).
+    attached: std::sync::atomic::AtomicBool,
     url: String,
     pool: Pool,
     settings: FeedSettings,
@@ -62,6 +63,15 @@ pub struct FeedReader {
 struct ShardCount {
     base: Option<u64>,
     received: u64,
+    /// The feed's `entries-added` at the last check: a stream never adds
+    /// fewer entries over time, so a smaller value means Redis went back in
+    /// time (restart without persistence, a failover that lost writes).
+    added: Option<u64>,
+    /// High-water mark of `entries-added - length - entries-read`: how many
+    /// entries were trimmed off the feed without this group reading them.
+    /// Redis keeps counting `entries-read` one by one after such a trim, so
+    /// the figure stays at what was missed; only a rise is a new loss.
+    trimmed_unread: u64,
 }
 
 enum ReadOutcome {
@@ -73,6 +83,7 @@ enum ReadOutcome {
 impl FeedReader {
     pub fn new(url: String, pool: Pool, settings: FeedSettings, sink: Arc<dyn FeedSink>) -> Self {
         FeedReader {
+            attached: std::sync::atomic::AtomicBool::new(false),
             url,
             pool,
             settings,
@@ -92,6 +103,12 @@ impl FeedReader {
                 match self.session(&cancel).await {
                     ReadOutcome::Cancelled => break,
                     ReadOutcome::Reconnect(cause) => {
+                        // A session that had attached starts the backoff
+                        // over: one blip must not leave every later
+                        // reconnect waiting the maximum.
+                        if self.attached.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                            backoff = BACKOFF_MIN;
+                        }
                         self.sink.set_live(false);
                         tracing::warn!(cause = %cause, retry_in_ms = backoff.as_millis() as u64, "feed reader lost Redis");
                         tokio::select! {
@@ -112,7 +129,7 @@ impl FeedReader {
 
     /// One connection's life: set up groups, then read until an error.
     async fn session(&self, cancel: &CancellationToken) -> ReadOutcome {
-        let mut conn = match connect::dedicated(&self.url).await {
+        let mut conn = match connect::dedicated_for(&self.url, BLOCK).await {
             Ok(c) => c,
             Err(e) => return ReadOutcome::Reconnect(e.to_string()),
         };
@@ -122,11 +139,15 @@ impl FeedReader {
         if let Err(e) = crate::store::redis::reload_function(&self.pool).await {
             return ReadOutcome::Reconnect(e.to_string());
         }
-        let client_id: Option<i64> = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .ok();
+        // On a single Redis a blocked read is stopped at once with CLIENT
+        // UNBLOCK; a cluster connection spans nodes, so there the read is
+        // left to finish its (bounded) block.
+        let client_id: Option<i64> = match &mut conn {
+            connect::Dedicated::Single(c) => {
+                redis::cmd("CLIENT").arg("ID").query_async(c).await.ok()
+            }
+            connect::Dedicated::Cluster(_) => None,
+        };
         let mut counts = vec![ShardCount::default(); self.settings.feeds.len()];
         if let Err(e) = self.check(&mut counts).await {
             return ReadOutcome::Reconnect(e.to_string());
@@ -136,6 +157,8 @@ impl FeedReader {
         self.sink.resync();
         self.sink.set_live(true);
         tracing::info!(shards = self.settings.feeds.len(), "feed reader attached");
+        self.attached
+            .store(true, std::sync::atomic::Ordering::Release);
         let mut last_check = Instant::now();
 
         let mut cmd = redis::cmd("XREADGROUP");
@@ -164,7 +187,7 @@ impl FeedReader {
                 biased;
                 _ = cancel.cancelled() => {
                     self.unblock(client_id).await;
-                    let _ = tokio::time::timeout(BLOCK, &mut read).await;
+                    let _ = tokio::time::timeout(BLOCK + connect::CLUSTER_READ_SLACK, &mut read).await;
                     return ReadOutcome::Cancelled;
                 }
                 r = &mut read => r,
@@ -191,7 +214,7 @@ impl FeedReader {
         }
     }
 
-    async fn ensure_groups(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    async fn ensure_groups(&self, conn: &mut connect::Dedicated) -> redis::RedisResult<()> {
         for feed in &self.settings.feeds {
             let r = redis::cmd("XGROUP")
                 .arg("CREATE")
@@ -219,19 +242,47 @@ impl FeedReader {
             let reply: Value = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(feed)
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?;
             let read = group_entries_read(&reply, &self.settings.group);
+            let info: Value = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(feed)
+                .query_async(&mut conn)
+                .await?;
+            let added = field_u64(&info, "entries-added");
             let c = &mut counts[i];
             let skipped = match (c.base, read) {
                 (Some(base), Some(now)) => now.saturating_sub(base) > c.received,
                 (Some(_), None) => true,
                 _ => false,
             };
-            lost |= skipped;
+            let went_back = matches!((c.added, added), (Some(before), Some(now)) if now < before);
+            // Entries trimmed past our cursor before we read them. The
+            // `entries-read` comparison above only sees them once the group
+            // reads again — and, as Redis increments `entries-read` by one
+            // per delivered entry, not even then — so a node whose stall
+            // outlived the feed would otherwise wait for the next event of
+            // each task (forever, if the trimmed one was a final event).
+            let trimmed_unread = match (added, field_u64(&info, "length"), read) {
+                (Some(added), Some(len), Some(read)) => {
+                    added.saturating_sub(len).saturating_sub(read)
+                }
+                _ => c.trimmed_unread,
+            };
+            let trimmed = c.base.is_some() && trimmed_unread > c.trimmed_unread;
+            if trimmed {
+                tracing::warn!(feed = %feed, missed = trimmed_unread - c.trimmed_unread, "feed entries were trimmed past this node's cursor; resyncing");
+            }
+            if went_back {
+                tracing::warn!(feed = %feed, "the feed went back in time (Redis lost writes); resyncing");
+            }
+            lost |= skipped || went_back || trimmed;
             *c = ShardCount {
                 base: read,
                 received: 0,
+                added: added.or(c.added),
+                trimmed_unread: trimmed_unread.max(c.trimmed_unread),
             };
         }
         Ok(lost)
@@ -281,7 +332,7 @@ impl FeedReader {
             let _ = redis::cmd("CLIENT")
                 .arg("UNBLOCK")
                 .arg(id)
-                .query_async::<Value>(&mut *conn)
+                .query_async::<Value>(&mut conn)
                 .await;
         }
     }
@@ -316,6 +367,27 @@ fn streams_of(reply: &Value) -> Vec<(&[u8], &Value)> {
         _ => {}
     }
     out
+}
+
+/// An integer field of a flat `XINFO STREAM` reply (RESP2 array or RESP3 map).
+fn field_u64(reply: &Value, name: &str) -> Option<u64> {
+    let pairs: Vec<(&Value, &Value)> = match reply {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .filter_map(|c| match c {
+                [k, v] => Some((k, v)),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(kv) => kv.iter().map(|(k, v)| (k, v)).collect(),
+        _ => return None,
+    };
+    pairs.into_iter().find_map(|(k, v)| {
+        match (reader::bulk_string(k).as_deref() == Some(name), v) {
+            (true, Value::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    })
 }
 
 /// `entries-read` of `group` in an `XINFO GROUPS` reply.

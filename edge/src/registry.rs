@@ -27,8 +27,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use sluice_broker::connect;
+use sluice_broker::connect::RedisPool as Pool;
 use sluice_broker::nodes::{self, ClusterStatus, NodeInfo};
 use sluice_shared::keys;
 use tokio_util::sync::CancellationToken;
@@ -188,7 +188,7 @@ impl Registry {
     /// The Redis server's clock (ms since the epoch).
     pub async fn server_time(&self) -> Result<i64, StoreError> {
         let mut conn = self.pool.get().await?;
-        Ok(nodes::server_time_ms(&mut *conn).await?)
+        Ok(nodes::server_time_ms(&mut conn).await?)
     }
 
     /// Writes this node's report; `report.last_seen_ms` (Redis time) is
@@ -213,7 +213,7 @@ impl Registry {
             .arg(report.last_seen_ms)
             .arg(&self.node_id)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(())
     }
@@ -230,7 +230,7 @@ impl Registry {
             .arg("LIMIT")
             .arg(0)
             .arg(MAX_REAP_PER_SWEEP)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await?;
         drop(conn);
         let mut reaped = Vec::new();
@@ -253,7 +253,7 @@ impl Registry {
             .arg("NX")
             .arg("PX")
             .arg(REAP_LOCK_TTL.as_millis() as u64)
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await?;
         if got.is_none() {
             tracing::debug!(dead = %id, "another janitor is removing this node");
@@ -263,21 +263,21 @@ impl Registry {
         let _: Result<i64, _> = redis::Script::new(UNLOCK)
             .key(&lock)
             .arg(&self.node_id)
-            .invoke_async(&mut *conn)
+            .invoke_async(&mut conn)
             .await;
         result
     }
 
     async fn reap_locked(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut sluice_broker::connect::PooledConn,
         id: &str,
         cutoff: i64,
     ) -> Result<bool, StoreError> {
         let score: Option<f64> = redis::cmd("ZSCORE")
             .arg(keys::NODES_KEY)
             .arg(id)
-            .query_async(&mut **conn)
+            .query_async(conn)
             .await?;
         match score {
             Some(s) if (s as i64) <= cutoff => {}
@@ -291,7 +291,7 @@ impl Registry {
                 .arg("DESTROY")
                 .arg(feed)
                 .arg(&group)
-                .query_async(&mut **conn)
+                .query_async(conn)
                 .await;
             match r {
                 Ok(n) => destroyed += n as u32,
@@ -302,13 +302,13 @@ impl Registry {
         }
         redis::cmd("DEL")
             .arg(keys::node_key(id))
-            .query_async::<i64>(&mut **conn)
+            .query_async::<i64>(conn)
             .await?;
         let removed: i64 = redis::Script::new(ZREM_IF_STALE)
             .key(keys::NODES_KEY)
             .arg(id)
             .arg(cutoff)
-            .invoke_async(&mut **conn)
+            .invoke_async(conn)
             .await?;
         tracing::warn!(
             dead = %id,
@@ -325,7 +325,7 @@ impl Registry {
     /// The registry and feeds as `sluice status` shows them.
     pub async fn view(&self) -> Result<ClusterStatus, StoreError> {
         let mut conn = self.pool.get().await?;
-        Ok(nodes::collect(&mut *conn, self.shards, self.grace).await?)
+        Ok(nodes::collect(&mut conn, self.shards, self.grace).await?)
     }
 
     /// Removes this node's own entry (at the end of a drain).
@@ -339,7 +339,7 @@ impl Registry {
             .arg(keys::NODES_KEY)
             .arg(&self.node_id)
             .ignore()
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(())
     }

@@ -4,6 +4,8 @@
 
 pub mod chaos;
 pub mod checker;
+pub mod cluster;
+pub mod conformance;
 pub mod edge;
 pub mod load;
 pub mod redis_fixture;

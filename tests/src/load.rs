@@ -177,30 +177,17 @@ pub async fn run(cfg: &LoadConfig) -> anyhow::Result<Report> {
             let Ok(permit) = gate.acquire_owned().await else {
                 unreachable!("the gate is never closed")
             };
+            let spec = conn::ConnSpec {
+                edge: edge_addr,
+                source: src,
+                key: i,
+                task_idx,
+                task,
+            };
             let r = if ws {
-                conn::run_ws(
-                    edge_addr,
-                    src,
-                    permit,
-                    i,
-                    task_idx,
-                    task,
-                    stats.clone(),
-                    stop,
-                )
-                .await
+                conn::run_ws(spec, permit, stats.clone(), stop).await
             } else {
-                conn::run_sse(
-                    edge_addr,
-                    src,
-                    permit,
-                    i,
-                    task_idx,
-                    task,
-                    stats.clone(),
-                    stop,
-                )
-                .await
+                conn::run_sse(spec, permit, stats.clone(), stop).await
             };
             if !r.established {
                 stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -99,6 +99,21 @@ impl SseClient {
         }
     }
 
+    /// Like [`SseClient::next_event`], but `Err(())` instead of a panic when
+    /// no event arrives within `timeout` (for clients that then reconnect).
+    pub async fn try_next_event(&mut self, timeout: Duration) -> Result<Option<SseFrame>, ()> {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.next_frame_inner()).await {
+                Err(_) => return Err(()),
+                Ok(None) => return Ok(None),
+                Ok(Some(f)) if f.is_event() => return Ok(Some(f)),
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
     /// The next event frame (skips heartbeats and `retry:`-only frames).
     pub async fn next_event(&mut self, timeout: Duration) -> Option<SseFrame> {
         let end = tokio::time::Instant::now() + timeout;

@@ -15,7 +15,7 @@ pub async fn run(redis: &RedisArgs, a: SnapshotArgs) -> anyhow::Result<()> {
     let task = super::parse_task(&a.task)?;
     let pool = connect::pool(&redis.redis_url, 1)?;
     let mut conn = pool.get().await?;
-    match reader::snapshot(&mut *conn, &task, redis.shards).await? {
+    match reader::snapshot(&mut conn, &task, redis.shards).await? {
         Some(s) => {
             println!("{}", serde_json::to_string(&s)?);
             Ok(())

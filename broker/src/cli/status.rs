@@ -28,8 +28,7 @@ pub struct StatusArgs {
 pub async fn run(redis: &RedisArgs, a: StatusArgs) -> anyhow::Result<()> {
     let pool = connect::pool(&redis.redis_url, 1)?;
     let mut conn = pool.get().await?;
-    let status =
-        nodes::collect(&mut *conn, redis.shards, Duration::from_secs(a.grace_secs)).await?;
+    let status = nodes::collect(&mut conn, redis.shards, Duration::from_secs(a.grace_secs)).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

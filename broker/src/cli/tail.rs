@@ -31,7 +31,9 @@ pub struct TailArgs {
 pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
     let task = super::parse_task(&a.task)?;
     let keys = TaskKeys::new(&task, redis.shards);
-    let mut conn = connect::dedicated(&redis.redis_url).await?;
+    let mut conn =
+        connect::dedicated_for(&redis.redis_url, std::time::Duration::from_millis(BLOCK_MS))
+            .await?;
     let mut last = match a.after {
         Some(n) => n,
         None => match reader::snapshot(&mut conn, &task, redis.shards).await? {

@@ -46,7 +46,7 @@ impl RedisStore {
         self.publisher.config().shards
     }
 
-    pub fn pool(&self) -> &deadpool_redis::Pool {
+    pub fn pool(&self) -> &sluice_broker::connect::RedisPool {
         self.publisher.pool()
     }
 }
@@ -73,8 +73,11 @@ impl Store for RedisStore {
     }
 
     async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
-        let mut conn = self.pool().get().await?;
-        Ok(reader::snapshot(&mut *conn, task, self.shards()).await?)
+        bounded(async {
+            let mut conn = self.pool().get().await?;
+            Ok(reader::snapshot(&mut conn, task, self.shards()).await?)
+        })
+        .await
     }
 
     async fn history(
@@ -83,24 +86,47 @@ impl Store for RedisStore {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut conn = self.pool().get().await?;
-        Ok(reader::history(&mut *conn, task, self.shards(), after, limit).await?)
+        bounded(async {
+            let mut conn = self.pool().get().await?;
+            Ok(reader::history(&mut conn, task, self.shards(), after, limit).await?)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.pool().get().await?;
-        redis::cmd("PING").query_async::<String>(&mut *conn).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
         Ok(())
     }
 
     async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
-        let reader = FeedReader::new(
-            self.url.clone(),
-            self.pool().clone(),
-            self.feed.clone(),
-            sink,
-        );
-        reader.run(cancel).await;
+        if !self.pool().is_cluster() {
+            let reader = FeedReader::new(
+                self.url.clone(),
+                self.pool().clone(),
+                self.feed.clone(),
+                sink,
+            );
+            reader.run(cancel).await;
+            return;
+        }
+        // Redis Cluster: the shard feeds live on different primaries, so one
+        // reader per shard, each on its own cluster connection (it follows
+        // the shard's slot across MOVED and failovers).
+        let mut readers = tokio::task::JoinSet::new();
+        for feed in &self.feed.feeds {
+            let mut settings = self.feed.clone();
+            settings.feeds = vec![feed.clone()];
+            let reader = FeedReader::new(
+                self.url.clone(),
+                self.pool().clone(),
+                settings,
+                sink.clone(),
+            );
+            let cancel = cancel.clone();
+            readers.spawn(async move { reader.run(cancel).await });
+        }
+        while readers.join_next().await.is_some() {}
     }
 
     async fn release(&self) -> Result<(), StoreError> {
@@ -111,7 +137,7 @@ impl Store for RedisStore {
                 .arg("DESTROY")
                 .arg(&feed)
                 .arg(&group)
-                .query_async::<i64>(&mut *conn)
+                .query_async::<i64>(&mut conn)
                 .await?;
         }
         tracing::info!(group = %group, "consumer groups destroyed");
@@ -119,9 +145,25 @@ impl Store for RedisStore {
     }
 }
 
+/// Every read answers within a bound, even while a cluster connection is
+/// riding out a failover: callers (subscriptions, handlers) then report the
+/// backend as unavailable and the client resumes later.
+async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(connect::DEFAULT_RESPONSE_TIMEOUT * 2, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(
+            "Redis did not answer in time".into(),
+        )),
+    }
+}
+
 /// Loads the function again (used by the feed reader after Redis lost it).
-pub(crate) async fn reload_function(pool: &deadpool_redis::Pool) -> Result<(), StoreError> {
+pub(crate) async fn reload_function(
+    pool: &sluice_broker::connect::RedisPool,
+) -> Result<(), StoreError> {
     let mut conn = pool.get().await?;
-    function::load(&mut *conn).await?;
+    function::load(&mut conn).await?;
     Ok(())
 }

@@ -110,7 +110,7 @@ async fn spawn_edge(args: &Args, path: &str) -> anyhow::Result<(ChildEdge, Socke
         .args(&args.edge_arg)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {path}"))?;
     let child = ChildEdge(child);

@@ -41,6 +41,9 @@ pub struct FleetSpec {
     pub deadline: Duration,
     /// Reconnect to the same edge after a failure instead of the next one.
     pub sticky: bool,
+    /// Client churn: each stream is dropped by its client after a random
+    /// lifetime between half and one and a half times this, then resumed.
+    pub churn: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,13 +275,16 @@ impl Client {
         }
         let _open = OpenGuard::new(&self.counters);
         r.connects += 1;
+        let lifetime = lifetime(self.spec.churn);
+        tokio::pin!(lifetime);
         let mut body = resp.bytes_stream();
         let mut buf = BytesMut::new();
         loop {
-            // Cancel-safe: `changed` and `next` on a body stream.
+            // Cancel-safe: `changed`, `sleep` and `next` on a body stream.
             let chunk = tokio::select! {
                 biased;
                 _ = self.drop_rx.changed() => return Outcome::Dropped,
+                _ = &mut lifetime => return Outcome::Dropped,
                 c = tokio::time::timeout(self.spec.idle_timeout, body.next()) => c,
             };
             match chunk {
@@ -316,11 +322,15 @@ impl Client {
         };
         let _open = OpenGuard::new(&self.counters);
         r.connects += 1;
+        let lifetime = lifetime(self.spec.churn);
+        tokio::pin!(lifetime);
         loop {
-            // Cancel-safe: `changed` and `next` on a WebSocket stream.
+            // Cancel-safe: `changed`, `sleep` and `next` on a WebSocket
+            // stream.
             let msg = tokio::select! {
                 biased;
                 _ = self.drop_rx.changed() => return Outcome::Dropped,
+                _ = &mut lifetime => return Outcome::Dropped,
                 m = tokio::time::timeout(self.spec.idle_timeout, socket.next()) => m,
             };
             match msg {
@@ -373,6 +383,17 @@ fn parse_sse(raw: &[u8]) -> Option<(u64, bool, bool)> {
     // The envelope is compact JSON and ends with its `final` field.
     let is_final = !reset && data.ends_with("\"final\":true}");
     Some((id?, reset, is_final))
+}
+
+/// Sleeps for one stream's churn lifetime (forever without churn).
+async fn lifetime(churn: Option<Duration>) {
+    match churn {
+        Some(c) => {
+            let ms = c.as_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(ms / 2 + rand_ms(ms))).await
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// A cheap uniform-ish number in `0..=max` (no RNG dependency needed).

@@ -10,7 +10,7 @@
 //! client against.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ pub struct Producer {
     stop: CancellationToken,
     /// While true, workers publish nothing (finals still go out).
     hold: watch::Sender<bool>,
+    /// Workers in the middle of a round.
+    busy: Arc<AtomicUsize>,
     workers: JoinSet<()>,
 }
 
@@ -81,6 +83,7 @@ impl Producer {
         let record = Arc::new(Record::default());
         let stop = CancellationToken::new();
         let (hold, _) = watch::channel(false);
+        let busy = Arc::new(AtomicUsize::new(0));
         let mut workers = JoinSet::new();
         let n = spec.workers.max(1);
         for w in 0..n {
@@ -91,23 +94,32 @@ impl Producer {
                 stop.clone(),
                 spec.interval,
             );
+            let mut held = hold.subscribe();
+            let busy = busy.clone();
             workers.spawn(async move {
                 let mut round = 0u64;
                 while !s.is_cancelled() {
+                    // Announce the round before looking at the hold flag, so
+                    // `hold` either sees this round or this round sees it.
+                    busy.fetch_add(1, Ordering::SeqCst);
+                    if *held.borrow() {
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        // Cancel-safe: `cancelled` and `wait_for`.
+                        tokio::select! {
+                            biased;
+                            _ = s.cancelled() => break,
+                            _ = held.wait_for(|h| !*h) => {}
+                        }
+                        continue;
+                    }
                     for task in &mine {
                         let key = format!("r{round}");
-                        publish(
-                            &p,
-                            &r,
-                            task,
-                            "progress",
-                            json!({ "round": round }),
-                            false,
-                            &key,
-                        )
-                        .await;
+                        let data = json!({ "round": round });
+                        publish(&p, &r, task, "progress", data, false, &key).await;
                     }
+                    busy.fetch_sub(1, Ordering::SeqCst);
                     round += 1;
+                    // Cancel-safe: `cancelled` and `sleep`.
                     tokio::select! {
                         biased;
                         _ = s.cancelled() => break,
@@ -122,6 +134,7 @@ impl Producer {
             record,
             stop,
             hold,
+            busy,
             workers,
         }
     }
@@ -131,10 +144,16 @@ impl Producer {
         self.record.published.load(Ordering::Relaxed)
     }
 
-    /// Stops publishing until [`Producer::release`] (a round in progress
-    /// completes).
-    pub fn hold(&self) {
+    /// Stops publishing until [`Producer::release`]; returns once rounds
+    /// in progress completed, so nothing is published after it returns.
+    pub async fn hold(&self) {
         self.hold.send_replace(true);
+        let busy = self.busy.clone();
+        crate::wait_until("producer rounds finished", RETRY_FOR, || {
+            let busy = busy.clone();
+            async move { busy.load(Ordering::SeqCst) == 0 }
+        })
+        .await;
     }
 
     pub fn release(&self) {

@@ -22,6 +22,21 @@ fn image_name() -> (String, String) {
     }
 }
 
+/// A port in 20000..32000 that is free on all addresses right now.
+fn fixed_port() -> u16 {
+    for _ in 0..200 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let port = 20_000 + (nanos % 12_000) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000..32000")
+}
+
 /// `docker <args>`; panics with the command's output when it fails.
 pub async fn docker(args: &[&str]) {
     let out = tokio::process::Command::new("docker")
@@ -42,7 +57,6 @@ impl ChaosRedis {
     /// `docker restart`.
     pub async fn start(args: &[&str]) -> ChaosRedis {
         let (name, tag) = image_name();
-        let port = super::free_port();
         let mut cmd: Vec<String> = Vec::new();
         if name != "sluice-redis" {
             cmd.push("redis-server".into());
@@ -59,18 +73,29 @@ impl ChaosRedis {
             .map(String::from),
         );
         cmd.extend(args.iter().map(|s| s.to_string()));
-        let container = GenericImage::new(name.clone(), tag.clone())
-            .with_exposed_port(6379.tcp())
-            .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
-            .with_mapped_port(port, 6379.tcp())
-            .with_cmd(cmd)
-            .start()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
+        // A fixed host port keeps the address across `docker restart`. It is
+        // taken below the kernel's ephemeral range (32768+), where client
+        // sockets of concurrent tests cannot grab it; a port taken anyway is
+        // retried with another.
+        let mut attempt = 0;
+        let (container, port) = loop {
+            attempt += 1;
+            let port = fixed_port();
+            let started = GenericImage::new(name.clone(), tag.clone())
+                .with_exposed_port(6379.tcp())
+                .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+                .with_mapped_port(port, 6379.tcp())
+                .with_cmd(cmd.clone())
+                .start()
+                .await;
+            match started {
+                Ok(c) => break (c, port),
+                Err(e) if attempt < 5 && e.to_string().contains("already in use") => continue,
+                Err(e) => panic!(
                     "cannot start Redis {name}:{tag} (build it with deploy/images/redis.sh): {e}"
-                )
-            });
+                ),
+            }
+        };
         ChaosRedis { container, port }
     }
 

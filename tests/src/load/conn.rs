@@ -58,6 +58,17 @@ impl Tracker {
     }
 }
 
+/// Where one connection goes.
+pub struct ConnSpec {
+    pub edge: SocketAddr,
+    /// Local address to bind before connecting (None: the kernel's choice).
+    pub source: Option<IpAddr>,
+    /// Shards the latency histograms.
+    pub key: usize,
+    pub task_idx: usize,
+    pub task: String,
+}
+
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -95,15 +106,18 @@ pub async fn dial(edge: SocketAddr, source: Option<IpAddr>) -> std::io::Result<T
 /// Follows `/v1/tasks/{task}/events?after=0` until `stop` fires or the
 /// stream ends.
 pub async fn run_sse(
-    edge: SocketAddr,
-    source: Option<IpAddr>,
+    spec: ConnSpec,
     permit: OwnedSemaphorePermit,
-    key: usize,
-    task_idx: usize,
-    task: String,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> ConnResult {
+    let ConnSpec {
+        edge,
+        source,
+        key,
+        task_idx,
+        task,
+    } = spec;
     let mut res = ConnResult {
         task: task_idx,
         tracker: Tracker::default(),
@@ -185,15 +199,18 @@ pub async fn run_sse(
 
 /// Follows `/v1/tasks/{task}/ws?after=0` until `stop` fires or it closes.
 pub async fn run_ws(
-    edge: SocketAddr,
-    source: Option<IpAddr>,
+    spec: ConnSpec,
     permit: OwnedSemaphorePermit,
-    key: usize,
-    task_idx: usize,
-    task: String,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> ConnResult {
+    let ConnSpec {
+        edge,
+        source,
+        key,
+        task_idx,
+        task,
+    } = spec;
     let mut res = ConnResult {
         task: task_idx,
         tracker: Tracker::default(),

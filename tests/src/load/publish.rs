@@ -44,13 +44,20 @@ pub async fn run(publisher: &Publisher, plan: &Plan, pace: Pace, stats: &Arc<Sta
         let data = plan.data.clone();
         let stats = stats.clone();
         workers.spawn(async move {
-            let mine: Vec<usize> = (w..tasks.len()).step_by(n).collect();
-            if mine.is_empty() {
-                return;
-            }
+            // Worker w publishes the w-th, (w+n)-th ... event of the round
+            // robin over all tasks, so every worker is busy whatever the
+            // number of tasks.
+            let total_tasks = tasks.len() as u64;
             let opts = PublishOptions::default();
             let (limit, deadline, interval) = match pace {
-                Pace::Count { per_task } => (per_task * mine.len() as u64, None, None),
+                Pace::Count { per_task } => {
+                    let all = per_task * total_tasks;
+                    (
+                        all / n as u64 + u64::from((w as u64) < all % n as u64),
+                        None,
+                        None,
+                    )
+                }
                 Pace::Timed { for_secs, rate } => (
                     u64::MAX,
                     Some(start + Duration::from_secs_f64(for_secs)),
@@ -65,7 +72,7 @@ pub async fn run(publisher: &Publisher, plan: &Plan, pace: Pace, stats: &Arc<Sta
                 if let Some(iv) = interval {
                     tokio::time::sleep_until(start + iv.mul_f64(i as f64)).await;
                 }
-                let t = mine[(i % mine.len() as u64) as usize];
+                let t = ((w as u64 + i * n as u64) % total_tasks) as usize;
                 match publisher
                     .publish_encoded(&tasks[t], "load", &data, &opts)
                     .await

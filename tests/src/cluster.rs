@@ -1,0 +1,201 @@
+//! A real Redis Cluster for tests: three primaries with one replica each,
+//! `redis-server` processes of the host (installed by tests/setup.sh) on
+//! loopback ports, joined with `redis-cli --cluster create`. Dropping the
+//! fixture kills every process and removes its files.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ClusterNode {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    dir: std::path::PathBuf,
+}
+
+fn port_free(p: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+}
+
+/// Six ports whose cluster-bus ports (+10000) are free too.
+fn pick_ports() -> Vec<u16> {
+    let seed = (std::process::id() as u16).wrapping_mul(7) % 20_000;
+    let mut out = Vec::new();
+    let mut p = 20_000 + seed;
+    while out.len() < 6 && p < 55_000 {
+        if port_free(p) && port_free(p + 10_000) {
+            out.push(p);
+        }
+        p += 1;
+    }
+    assert_eq!(out.len(), 6, "six free port pairs for the cluster");
+    out
+}
+
+fn cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("sluice-cluster-{}", crate::unique_task("c")));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let ports = pick_ports();
+        let mut nodes = Vec::new();
+        for &port in &ports {
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (tests/setup.sh installs it)");
+            nodes.push(ClusterNode {
+                port,
+                child: Some(child),
+            });
+        }
+        let cluster = RedisCluster { nodes, dir };
+        for &port in &ports {
+            wait("node up", Duration::from_secs(10), || {
+                cli(port, &["PING"]).is_some_and(|s| s.contains("PONG"))
+            });
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &port in &ports {
+            wait("cluster ok", Duration::from_secs(30), || {
+                cli(port, &["CLUSTER", "INFO"]).is_some_and(|s| s.contains("cluster_state:ok"))
+            });
+        }
+        // Replicas attached to their primaries.
+        wait("replicas attached", Duration::from_secs(30), || {
+            cluster.replica_count() == 3
+        });
+        cluster
+    }
+
+    /// `redis+cluster://` URL with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    fn live_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
+    fn replica_count(&self) -> usize {
+        self.live_ports()
+            .iter()
+            .filter(|p| cli(**p, &["ROLE"]).is_some_and(|r| r.starts_with("slave")))
+            .count()
+    }
+
+    /// The primary serving the hash slot of `{s<shard>}`.
+    pub fn primary_of_shard(&self, shard: u32) -> u16 {
+        let key = format!("sluice:{{s{shard}}}:feed");
+        let live = self.live_ports();
+        let slot: u16 = cli(live[0], &["CLUSTER", "KEYSLOT", &key])
+            .and_then(|s| s.trim().parse().ok())
+            .expect("keyslot");
+        for p in live {
+            let nodes = cli(p, &["CLUSTER", "NODES"]).unwrap_or_default();
+            let me = nodes
+                .lines()
+                .find(|l| l.contains("myself"))
+                .unwrap_or_default();
+            if me.contains("master") && owns_slot(me, slot) {
+                return p;
+            }
+        }
+        panic!("no primary serves shard {shard}");
+    }
+
+    /// Kills a node with SIGKILL (a crashed primary).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    /// Waits until every slot is served again (a replica took over).
+    pub fn wait_healed(&self, deadline: Duration) {
+        let ports = self.live_ports();
+        wait("cluster healed", deadline, || {
+            ports.iter().all(|p| {
+                cli(*p, &["CLUSTER", "INFO"]).is_some_and(|s| s.contains("cluster_state:ok"))
+            })
+        });
+    }
+}
+
+fn owns_slot(line: &str, slot: u16) -> bool {
+    line.split_whitespace().skip(8).any(|r| match r.split_once('-') {
+        Some((a, b)) => matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot)),
+        None => r.parse::<u16>() == Ok(slot),
+    })
+}
+
+fn wait(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
