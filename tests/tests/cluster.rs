@@ -141,20 +141,15 @@ async fn primary_failover_while_publishing() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         continue;
                     }
-                    loop {
-                        match c.try_next_event(Duration::from_secs(30)).await {
-                            Ok(Some(f)) => {
-                                let seq = f.seq().expect("id");
-                                if f.event.as_deref() == Some("sluice.reset") {
-                                    log.reset(seq);
-                                } else {
-                                    log.event(seq);
-                                    if f.json()["final"] == json!(true) {
-                                        return (t, log, reconnects);
-                                    }
-                                }
+                    while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
+                        let seq = f.seq().expect("id");
+                        if f.event.as_deref() == Some("sluice.reset") {
+                            log.reset(seq);
+                        } else {
+                            log.event(seq);
+                            if f.json()["final"] == json!(true) {
+                                return (t, log, reconnects);
                             }
-                            _ => break,
                         }
                     }
                     reconnects += 1;
