@@ -251,6 +251,11 @@ impl FeedReader {
                 .query_async(&mut conn)
                 .await?;
             let added = field_u64(&info, "entries-added");
+            if let (Some(a), Some(r)) = (added, read) {
+                if let Some(shard) = shard_index(feed) {
+                    self.sink.report_lag(shard, a.saturating_sub(r));
+                }
+            }
             let c = &mut counts[i];
             let skipped = match (c.base, read) {
                 (Some(base), Some(now)) => now.saturating_sub(base) > c.received,
@@ -367,6 +372,15 @@ fn streams_of(reply: &Value) -> Vec<(&[u8], &Value)> {
         _ => {}
     }
     out
+}
+
+/// The shard number of a feed key `sluice:{s<n>}:feed`.
+fn shard_index(feed: &str) -> Option<u32> {
+    feed.strip_prefix("sluice:{s")?
+        .split_once('}')?
+        .0
+        .parse()
+        .ok()
 }
 
 /// An integer field of a flat `XINFO STREAM` reply (RESP2 array or RESP3 map).

@@ -54,6 +54,21 @@ impl Event {
         })
     }
 
+    /// An event read back from history or the snapshot: same bytes, but not
+    /// counted in the live delivery-latency histogram (`ts` 0).
+    pub fn from_history(ev: &StoredEvent) -> Arc<Event> {
+        let live = Event::from_stored(ev);
+        Arc::new(Event {
+            seq: live.seq,
+            is_final: live.is_final,
+            is_reset: false,
+            ts: 0,
+            digest: live.digest,
+            sse: live.sse.clone(),
+            json: live.json.clone(),
+        })
+    }
+
     /// The `sluice.reset` frame: SSE data is the snapshot; over WebSocket an
     /// envelope of type `sluice.reset` whose data is the snapshot. `snapshot`
     /// is `None` when the task is unknown (expired entirely).
@@ -284,6 +299,14 @@ impl FeedSink for Hub {
 
     fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Release);
+    }
+
+    fn report_lag(&self, shard: u32, lag: u64) {
+        let lag = i64::try_from(lag).unwrap_or(i64::MAX);
+        self.metrics
+            .feed_lag
+            .get_or_create(&crate::metrics::ShardLabel { shard })
+            .set(lag);
     }
 }
 

@@ -83,6 +83,7 @@ pub async fn run_with_store(
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(config.queue_capacity, metrics.clone());
+    store.attach_metrics(metrics.clone());
     let verifier =
         (!config.auth_secret.is_empty()).then(|| auth::Verifier::new(&config.auth_secret));
     if verifier.is_none() {

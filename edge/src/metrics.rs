@@ -30,6 +30,30 @@ pub enum RefuseReason {
     Unavailable,
 }
 
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum RedisOp {
+    Publish,
+    Snapshot,
+    History,
+    Ping,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: RedisOp,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u32,
+}
+
+fn redis_histogram() -> Histogram {
+    Histogram::new([
+        0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+    ])
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: RefuseReason,
@@ -50,6 +74,9 @@ pub struct Metrics {
     pub resets: Counter,
     pub refused: Family<ReasonLabel, Counter>,
     pub delivery_latency: Histogram,
+    pub redis_duration: Family<OpLabel, Histogram, fn() -> Histogram>,
+    pub redis_errors: Family<OpLabel, Counter>,
+    pub feed_lag: Family<ShardLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -60,6 +87,15 @@ impl Default for Metrics {
         for transport in [Transport::Sse, Transport::Ws] {
             let _ = m.connections.get_or_create(&TransportLabel { transport });
             let _ = m.delivered.get_or_create(&TransportLabel { transport });
+        }
+        for op in [
+            RedisOp::Publish,
+            RedisOp::Snapshot,
+            RedisOp::History,
+            RedisOp::Ping,
+        ] {
+            let _ = m.redis_errors.get_or_create(&OpLabel { op });
+            let _ = m.redis_duration.get_or_create(&OpLabel { op });
         }
         for reason in [
             RefuseReason::ConnectionLimit,
@@ -94,6 +130,9 @@ impl Metrics {
             resets: Counter::default(),
             refused: Family::default(),
             delivery_latency: Histogram::new(buckets),
+            redis_duration: Family::new_with_constructor(redis_histogram as fn() -> Histogram),
+            redis_errors: Family::default(),
+            feed_lag: Family::default(),
         }
     }
 }
@@ -113,6 +152,17 @@ impl Metrics {
         let sse = self.connections_of(Transport::Sse);
         let ws = self.connections_of(Transport::Ws);
         sse + ws
+    }
+
+    /// Records one Redis call of the store.
+    pub fn redis_call(&self, op: RedisOp, elapsed: std::time::Duration, ok: bool) {
+        let label = OpLabel { op };
+        self.redis_duration
+            .get_or_create(&label)
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.redis_errors.get_or_create(&label).inc();
+        }
     }
 
     pub fn refuse(&self, reason: RefuseReason) {
@@ -176,6 +226,22 @@ impl Metrics {
             "connections_refused",
             "Connections refused, by reason",
             self.refused.clone(),
+        );
+        r.register_with_unit(
+            "redis_command_duration",
+            "Redis calls made by the store, by operation",
+            prometheus_client::registry::Unit::Seconds,
+            self.redis_duration.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Failed Redis calls of the store, by operation",
+            self.redis_errors.clone(),
+        );
+        r.register(
+            "feed_lag",
+            "Feed entries not yet read by this node's consumer group, per shard (entries-added minus entries-read)",
+            self.feed_lag.clone(),
         );
         r.register_with_unit(
             "delivery_latency",

@@ -70,6 +70,8 @@ pub trait FeedSink: Send + Sync {
     fn resync(&self);
     /// The feed is attached and delivering (readiness).
     fn set_live(&self, live: bool);
+    /// The node's consumer-group lag on one shard feed (metrics).
+    fn report_lag(&self, _shard: u32, _lag: u64) {}
 }
 
 #[async_trait]
@@ -102,6 +104,9 @@ pub trait Store: Send + Sync + 'static {
     /// Runs the live feed into `sink` until `cancel` fires. Reconnects by
     /// itself; never returns early except on cancel.
     async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken);
+
+    /// Gives the store the node's metrics (Redis call timings and errors).
+    fn attach_metrics(&self, _metrics: std::sync::Arc<crate::metrics::Metrics>) {}
 
     /// Releases what this node holds in the backend (its consumer groups),
     /// at the end of a drain.

@@ -100,7 +100,7 @@ impl Subscription {
                         .unwrap_or(0),
                     is_final: s.latest.is_final,
                 };
-                sub.pending.push_back(Event::from_stored(&ev));
+                sub.pending.push_back(Event::from_history(&ev));
             }
             (Start::After(0), None) => {}
             (Start::After(_), None) => sub.reset(None),
@@ -252,7 +252,7 @@ impl Subscription {
         match page.first() {
             Some(first) if first.seq == self.last + 1 => {
                 let full = page.len() >= self.page;
-                self.pending.extend(page.iter().map(Event::from_stored));
+                self.pending.extend(page.iter().map(Event::from_history));
                 self.catching_up = full;
             }
             Some(_) => {

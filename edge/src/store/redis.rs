@@ -17,6 +17,7 @@ use super::{FeedSink, Store, StoreError};
 use crate::feed::{FeedReader, FeedSettings};
 
 pub struct RedisStore {
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
     url: String,
     publisher: Publisher,
     feed: FeedSettings,
@@ -36,10 +37,31 @@ impl RedisStore {
         let publisher = Publisher::from_pool(pool, config);
         publisher.load_function().await?;
         Ok(RedisStore {
+            metrics: std::sync::OnceLock::new(),
             url: url.to_owned(),
             publisher,
             feed: FeedSettings::new(node_id, shards),
         })
+    }
+
+    /// Times `f` and records it under `op` once metrics are attached.
+    async fn timed<T>(
+        &self,
+        op: crate::metrics::RedisOp,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = std::time::Instant::now();
+        let r = f.await;
+        if let Some(m) = self.metrics.get() {
+            let ok = !matches!(
+                r,
+                Err(StoreError::Unavailable(_))
+                    | Err(StoreError::Publish(sluice_broker::PublishError::Redis(_)))
+                    | Err(StoreError::Publish(sluice_broker::PublishError::Pool(_)))
+            );
+            m.redis_call(op, start.elapsed(), ok);
+        }
+        r
     }
 
     fn shards(&self) -> u32 {
@@ -66,17 +88,23 @@ impl Store for RedisStore {
     ) -> Result<Published, StoreError> {
         let bytes =
             sluice_shared::codec::encode_data(data).map_err(sluice_broker::PublishError::from)?;
-        Ok(self
-            .publisher
-            .publish_encoded(task, kind, &bytes, opts)
-            .await?)
+        self.timed(crate::metrics::RedisOp::Publish, async {
+            Ok(self
+                .publisher
+                .publish_encoded(task, kind, &bytes, opts)
+                .await?)
+        })
+        .await
     }
 
     async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
-        bounded(async {
-            let mut conn = self.pool().get().await?;
-            Ok(reader::snapshot(&mut conn, task, self.shards()).await?)
-        })
+        self.timed(
+            crate::metrics::RedisOp::Snapshot,
+            bounded(async {
+                let mut conn = self.pool().get().await?;
+                Ok(reader::snapshot(&mut conn, task, self.shards()).await?)
+            }),
+        )
         .await
     }
 
@@ -86,17 +114,30 @@ impl Store for RedisStore {
         after: Seq,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        bounded(async {
-            let mut conn = self.pool().get().await?;
-            Ok(reader::history(&mut conn, task, self.shards(), after, limit).await?)
-        })
+        self.timed(
+            crate::metrics::RedisOp::History,
+            bounded(async {
+                let mut conn = self.pool().get().await?;
+                Ok(reader::history(&mut conn, task, self.shards(), after, limit).await?)
+            }),
+        )
         .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool().get().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await?;
-        Ok(())
+        self.timed(
+            crate::metrics::RedisOp::Ping,
+            bounded(async {
+                let mut conn = self.pool().get().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await?;
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    fn attach_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
