@@ -205,11 +205,17 @@ pub async fn read_nodes<C: ConnectionLike + Send>(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut pipe = redis::pipe();
+    // One command per key (not a pipeline): on a Redis Cluster the keys
+    // live in different slots.
+    let mut hashes: Vec<HashMap<String, String>> = Vec::with_capacity(ids.len());
     for (id, _) in &ids {
-        pipe.cmd("HGETALL").arg(keys::node_key(id));
+        hashes.push(
+            redis::cmd("HGETALL")
+                .arg(keys::node_key(id))
+                .query_async(conn)
+                .await?,
+        );
     }
-    let hashes: Vec<HashMap<String, String>> = pipe.query_async(conn).await?;
     Ok(ids
         .iter()
         .zip(hashes.iter())
@@ -223,11 +229,10 @@ pub async fn feed_stats<C: ConnectionLike + Send>(
     shards: u32,
 ) -> redis::RedisResult<Vec<ShardStats>> {
     let feeds = keys::feed_keys(shards);
-    let mut pipe = redis::pipe();
+    let mut lengths: Vec<u64> = Vec::with_capacity(feeds.len());
     for f in &feeds {
-        pipe.cmd("XLEN").arg(f);
+        lengths.push(redis::cmd("XLEN").arg(f).query_async(conn).await?);
     }
-    let lengths: Vec<u64> = pipe.query_async(conn).await?;
     let mut out = Vec::with_capacity(feeds.len());
     for (shard, (feed, length)) in feeds.into_iter().zip(lengths).enumerate() {
         let groups = match redis::cmd("XINFO")

@@ -199,20 +199,22 @@ impl Registry {
         // The hash outlives a dead node long enough for a janitor to find
         // it, and disappears by itself if no node is left to sweep.
         let ttl = (self.grace * 4).max(Duration::from_secs(60));
-        redis::pipe()
-            .cmd("HSET")
+        // Separate commands, not one pipeline: the keys live in different
+        // slots, and a Redis Cluster refuses cross-slot pipelines.
+        redis::cmd("HSET")
             .arg(&key)
             .arg(report.to_fields())
-            .ignore()
-            .cmd("PEXPIRE")
+            .query_async::<()>(&mut conn)
+            .await?;
+        redis::cmd("PEXPIRE")
             .arg(&key)
             .arg(ttl.as_millis() as u64)
-            .ignore()
-            .cmd("ZADD")
+            .query_async::<()>(&mut conn)
+            .await?;
+        redis::cmd("ZADD")
             .arg(keys::NODES_KEY)
             .arg(report.last_seen_ms)
             .arg(&self.node_id)
-            .ignore()
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -331,14 +333,14 @@ impl Registry {
     /// Removes this node's own entry (at the end of a drain).
     pub async fn deregister(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.get().await?;
-        redis::pipe()
-            .cmd("DEL")
+        // Two commands: the keys live in different cluster slots.
+        redis::cmd("DEL")
             .arg(keys::node_key(&self.node_id))
-            .ignore()
-            .cmd("ZREM")
+            .query_async::<()>(&mut conn)
+            .await?;
+        redis::cmd("ZREM")
             .arg(keys::NODES_KEY)
             .arg(&self.node_id)
-            .ignore()
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
