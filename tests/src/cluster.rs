@@ -20,11 +20,15 @@ fn port_free(p: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
 
-/// Six ports whose cluster-bus ports (+10000) are free too.
+/// Six ports whose cluster-bus ports (+10000) are free too. Each call in a
+/// process starts from its own offset, so clusters started by tests running
+/// in parallel never pick the same ports before either has bound them.
 fn pick_ports() -> Vec<u16> {
-    let seed = (std::process::id() as u16).wrapping_mul(7) % 20_000;
+    static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed = ((std::process::id() as u16).wrapping_mul(7) % 2_000) * 10 + call.wrapping_mul(100) % 1_000;
     let mut out = Vec::new();
-    let mut p = 20_000 + seed;
+    let mut p = 20_000 + seed % 20_000;
     while out.len() < 6 && p < 55_000 {
         if port_free(p) && port_free(p + 10_000) {
             out.push(p);
