@@ -26,7 +26,8 @@ fn port_free(p: u16) -> bool {
 fn pick_ports() -> Vec<u16> {
     static CALLS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed = ((std::process::id() as u16).wrapping_mul(7) % 2_000) * 10 + call.wrapping_mul(100) % 1_000;
+    let seed =
+        ((std::process::id() as u16).wrapping_mul(7) % 2_000) * 10 + call.wrapping_mul(100) % 1_000;
     let mut out = Vec::new();
     let mut p = 20_000 + seed % 20_000;
     while out.len() < 6 && p < 55_000 {
