@@ -45,12 +45,6 @@ pub struct Subscription {
     metrics: Arc<Metrics>,
     /// Last delivered seq.
     last: Seq,
-    /// Fingerprint of the last delivered event (0: none, or a reset).
-    last_digest: u64,
-    /// After a re-sync: check that the store still holds the event delivered
-    /// last, under its seq, before going on (Redis may have lost
-    /// acknowledged writes, then given the same seqs to new events).
-    verify_last: bool,
     /// Ready to deliver, in order (a history page, a snapshot, a reset).
     pending: VecDeque<Arc<Event>>,
     /// History must be read from `last + 1` before going live.
@@ -79,8 +73,6 @@ impl Subscription {
             store,
             metrics,
             last: 0,
-            last_digest: 0,
-            verify_last: false,
             pending: VecDeque::new(),
             catching_up: false,
             done: false,
@@ -146,7 +138,6 @@ impl Subscription {
             if let Some(ev) = self.pending.pop_front() {
                 if ev.is_reset {
                     self.last = ev.seq;
-                    self.last_digest = 0;
                     return Some(ev);
                 }
                 if ev.seq <= self.last {
@@ -159,7 +150,6 @@ impl Subscription {
                     return None;
                 }
                 self.last = ev.seq;
-                self.last_digest = ev.digest;
                 if ev.is_final {
                     self.done = true;
                     self.pending.clear();
@@ -205,7 +195,6 @@ impl Subscription {
                 // buffer from here.
                 while self.reg.rx.try_recv().is_ok() {}
                 self.catching_up = true;
-                self.verify_last = true;
             }
             if self.catching_up {
                 self.fill().await?;
@@ -225,17 +214,6 @@ impl Subscription {
 
     /// Reads one history page after `last`.
     async fn fill(&mut self) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.verify_last) && self.last_digest != 0 {
-            let at = self.store.history(&self.task, self.last - 1, 1).await?;
-            if let Some(ev) = at.first().filter(|e| e.seq == self.last) {
-                if Event::from_stored(ev).digest != self.last_digest {
-                    tracing::warn!(task = %self.task, seq = self.last, "the store no longer holds the events this client saw (lost writes); sending a reset");
-                    let snap = self.store.snapshot(&self.task).await?;
-                    self.reset(snap.as_ref());
-                    return Ok(());
-                }
-            }
-        }
         let page = match self.store.history(&self.task, self.last, self.page).await {
             Ok(page) => page,
             Err(StoreError::Corrupt { task, what }) => {
