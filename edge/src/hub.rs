@@ -29,10 +29,6 @@ pub struct Event {
     pub is_reset: bool,
     /// Publish time (ms since the epoch); 0 for resets.
     pub ts: i64,
-    /// Fingerprint of the envelope (0 for resets): lets a subscription check
-    /// that the event it delivered last is still the one the store holds
-    /// under that seq (it is not after Redis lost acknowledged writes).
-    pub digest: u64,
     /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`
     pub sse: Bytes,
     /// The JSON envelope (one WebSocket text frame).
@@ -48,7 +44,6 @@ impl Event {
             is_final: ev.is_final,
             is_reset: false,
             ts: ev.ts,
-            digest: digest(&json),
             sse,
             json: Bytes::from(json),
         })
@@ -63,7 +58,6 @@ impl Event {
             is_final: live.is_final,
             is_reset: false,
             ts: 0,
-            digest: live.digest,
             sse: live.sse.clone(),
             json: live.json.clone(),
         })
@@ -98,22 +92,10 @@ impl Event {
             is_final: false,
             is_reset: true,
             ts: 0,
-            digest: 0,
             sse: sse_frame(seq, RESET_TYPE, &data),
             json: Bytes::from(json),
         })
     }
-}
-
-/// A 64-bit fingerprint of an encoded envelope (FNV-1a; not a security
-/// property, only "is this the same event").
-pub fn digest(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
 }
 
 /// Builds an SSE frame. `data` is compact JSON (no newlines), so one `data:`
