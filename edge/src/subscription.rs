@@ -214,6 +214,32 @@ impl Subscription {
 
     /// Reads one history page after `last`.
     async fn fill(&mut self) -> Result<(), StoreError> {
+        if self.take_page().await? {
+            return Ok(());
+        }
+        // Caught up, unless the log is gone while the task moved on. A
+        // snapshot read after the empty page races with publishes (an event
+        // appended in between would look lost), so read the snapshot first
+        // and the log again: the function writes log and meta atomically,
+        // so a log read that follows the snapshot holds every event up to
+        // its seq unless Redis trimmed or lost them.
+        let snap = self.store.snapshot(&self.task).await?;
+        if self.take_page().await? {
+            return Ok(());
+        }
+        match snap {
+            Some(s) if s.seq > self.last => self.reset(Some(&s)),
+            Some(s) if s.seq < self.last => self.reset(Some(&s)),
+            None if self.last > 0 => self.reset(None),
+            _ => self.catching_up = false,
+        }
+        Ok(())
+    }
+
+    /// Reads the page after `last` and queues it; false if it was empty.
+    /// A page that does not start right after `last` (or cannot be read
+    /// back) means the events are no longer retained: that is a reset.
+    async fn take_page(&mut self) -> Result<bool, StoreError> {
         let page = match self.store.history(&self.task, self.last, self.page).await {
             Ok(page) => page,
             Err(StoreError::Corrupt { task, what }) => {
@@ -223,7 +249,7 @@ impl Subscription {
                 tracing::warn!(task = %task, cause = %what, "unreadable history; sending a reset");
                 let snap = self.store.snapshot(&self.task).await?;
                 self.reset(snap.as_ref());
-                return Ok(());
+                return Ok(true);
             }
             Err(e) => return Err(e),
         };
@@ -238,17 +264,111 @@ impl Subscription {
                 let snap = self.store.snapshot(&self.task).await?;
                 self.reset(snap.as_ref());
             }
-            None => {
-                // Caught up, unless the log is gone while the task moved on.
-                let snap = self.store.snapshot(&self.task).await?;
-                match snap {
-                    Some(s) if s.seq > self.last => self.reset(Some(&s)),
-                    Some(s) if s.seq < self.last => self.reset(Some(&s)),
-                    None if self.last > 0 => self.reset(None),
-                    _ => self.catching_up = false,
-                }
-            }
+            None => return Ok(false),
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use async_trait::async_trait;
+    use serde_json::{json, Value};
+    use sluice_broker::{PublishOptions, Published, PublisherConfig};
+    use sluice_shared::StoredEvent;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::FeedSink;
+
+    /// A memory store where a publish lands right before the next snapshot
+    /// read: the interleaving that made a caught-up subscriber look like it
+    /// had lost events.
+    struct RacyStore {
+        inner: MemoryStore,
+        race: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Store for RacyStore {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        async fn publish(
+            &self,
+            task: &TaskId,
+            kind: &str,
+            data: &Value,
+            opts: &PublishOptions,
+        ) -> Result<Published, StoreError> {
+            self.inner.publish(task, kind, data, opts).await
+        }
+        async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
+            if self.race.swap(false, Ordering::AcqRel) {
+                let opts = PublishOptions::default();
+                self.inner
+                    .publish(task, "progress", &json!({"racing": true}), &opts)
+                    .await?;
+            }
+            self.inner.snapshot(task).await
+        }
+        async fn history(
+            &self,
+            task: &TaskId,
+            after: Seq,
+            limit: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.history(task, after, limit).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
+            self.inner.run_feed(sink, cancel).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_racing_the_caught_up_check_is_delivered_not_reset() {
+        let store = Arc::new(RacyStore {
+            inner: MemoryStore::new(PublisherConfig::default()),
+            race: AtomicBool::new(false),
+        });
+        let task = TaskId::parse("race-1").expect("valid id");
+        let opts = PublishOptions::default();
+        for i in 0..4 {
+            store
+                .publish(&task, "progress", &json!({ "i": i }), &opts)
+                .await
+                .expect("publish");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(16, metrics.clone());
+        // Pages of 2: [1,2], [3,4], then an empty page and the caught-up check.
+        let opening = Subscription::open(
+            &hub,
+            store.clone(),
+            metrics.clone(),
+            task.clone(),
+            Start::After(0),
+            2,
+        )
+        .await
+        .expect("open");
+        let Opening::Stream(mut sub) = opening else {
+            panic!("task is open");
+        };
+        store.race.store(true, Ordering::Release);
+        let mut seqs = Vec::new();
+        for _ in 0..5 {
+            let ev = sub.next().await.expect("next").expect("an event");
+            assert!(!ev.is_reset, "spurious reset after {seqs:?}");
+            seqs.push(ev.seq);
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert_eq!(metrics.resets.get(), 0);
     }
 }
