@@ -39,21 +39,28 @@ pub fn init_tls() {
 /// node: `redis+cluster://user:pass@h1:p1,h2:p2`.
 pub const CLUSTER_SCHEMES: [&str; 2] = ["redis+cluster://", "rediss+cluster://"];
 
-/// The seed node URLs of a cluster URL, or `None` for a single-node URL.
-pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+/// The parts of a cluster URL: node scheme (`redis://` or `rediss://`),
+/// credentials (with the `@`), the host list, and what follows it.
+fn cluster_parts(url: &str) -> Option<(&'static str, &str, &str, &str)> {
     let (scheme, rest) = if let Some(r) = url.strip_prefix(CLUSTER_SCHEMES[0]) {
         ("redis://", r)
     } else {
         ("rediss://", url.strip_prefix(CLUSTER_SCHEMES[1])?)
     };
-    let (auth, hosts) = match rest.rsplit_once('@') {
-        Some((a, h)) => (format!("{a}@"), h),
-        None => (String::new(), rest),
+    let (auth, hosts) = match rest.rfind('@') {
+        Some(at) => (&rest[..=at], &rest[at + 1..]),
+        None => ("", rest),
     };
     let (hosts, tail) = match hosts.find(['/', '#']) {
         Some(i) => (&hosts[..i], &hosts[i..]),
         None => (hosts, ""),
     };
+    Some((scheme, auth, hosts, tail))
+}
+
+/// The seed node URLs of a cluster URL, or `None` for a single-node URL.
+pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let (scheme, auth, hosts, tail) = cluster_parts(url)?;
     Some(
         hosts
             .split(',')
@@ -63,12 +70,37 @@ pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// The URL of one node of the cluster named by `url` (same scheme,
+/// credentials and options as the seeds).
+pub fn cluster_node_url(url: &str, host: &str, port: u16) -> Option<String> {
+    let (scheme, auth, _, tail) = cluster_parts(url)?;
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    Some(format!("{scheme}{auth}{host}:{port}{tail}"))
+}
+
+/// A connection to one node for short commands, with the default connect
+/// and response timeouts.
+pub async fn node(url: &str) -> redis::RedisResult<MultiplexedConnection> {
+    init_tls();
+    let client = redis::Client::open(url)?;
+    let cfg = AsyncConnectionConfig::new()
+        .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}
+
 /// A pool for short commands: one Redis, or a Redis Cluster (commands are
 /// routed by key; `FUNCTION LOAD` goes to every primary).
 #[derive(Clone)]
 pub enum RedisPool {
     Single(Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(crate::cluster::ClusterPool),
 }
 
 impl std::fmt::Debug for RedisPool {
@@ -84,7 +116,7 @@ impl std::fmt::Debug for RedisPool {
 /// A connection taken from a [`RedisPool`]; returns to it on drop.
 pub enum PooledConn {
     Single(deadpool_redis::Connection),
-    Cluster(deadpool_redis::cluster::Connection),
+    Cluster(crate::cluster::ClusterConn),
 }
 
 impl redis::aio::ConnectionLike for PooledConn {
@@ -127,7 +159,7 @@ impl RedisPool {
     pub async fn get(&self) -> Result<PooledConn, deadpool_redis::PoolError> {
         Ok(match self {
             RedisPool::Single(p) => PooledConn::Single(p.get().await?),
-            RedisPool::Cluster(p) => PooledConn::Cluster(p.get().await?),
+            RedisPool::Cluster(p) => PooledConn::Cluster(p.get()),
         })
     }
 }
@@ -138,19 +170,15 @@ impl RedisPool {
 /// (see [`CLUSTER_SCHEMES`]) give a cluster pool.
 pub fn pool(url: &str, size: usize) -> Result<RedisPool, ConnectError> {
     init_tls();
-    if let Some(seeds) = cluster_seeds(url) {
-        let manager =
-            deadpool_redis::cluster::Manager::new(seeds, false).map_err(ConnectError::Url)?;
-        return deadpool_redis::cluster::Pool::builder(manager)
-            .max_size(size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
-            .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
-            .recycle_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
-            .build()
-            .map(RedisPool::Cluster)
-            .map_err(|e| ConnectError::Pool(e.to_string()));
+    if cluster_seeds(url).is_some() {
+        return crate::cluster::ClusterPool::new(url, size).map(RedisPool::Cluster);
     }
+    single_pool(url, size).map(RedisPool::Single)
+}
+
+/// A pool of connections to one Redis node.
+pub fn single_pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
+    init_tls();
     let cfg = AsyncConnectionConfig::new()
         .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
@@ -162,74 +190,25 @@ pub fn pool(url: &str, size: usize) -> Result<RedisPool, ConnectError> {
         .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .recycle_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .build()
-        .map(RedisPool::Single)
         .map_err(|e| ConnectError::Pool(e.to_string()))
 }
 
-/// A dedicated connection for blocking reads.
-pub enum Dedicated {
-    /// No response timeout: the caller bounds every `BLOCK` and can stop it
-    /// with `CLIENT UNBLOCK`.
-    Single(MultiplexedConnection),
-    /// A cluster connection of its own (follows MOVED and failovers). Its
-    /// response timeout is the block time plus [`CLUSTER_READ_SLACK`], so a
-    /// read is never abandoned client-side while the server still holds it.
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-/// Extra time a cluster blocking read may take beyond its `BLOCK`.
-pub const CLUSTER_READ_SLACK: Duration = Duration::from_secs(10);
-
-impl redis::aio::ConnectionLike for Dedicated {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Dedicated::Single(c) => c.req_packed_command(cmd),
-            Dedicated::Cluster(c) => c.req_packed_command(cmd),
-        }
+/// A dedicated connection for blocking reads of `key`: to the Redis of
+/// `url`, or on a cluster to the primary that serves `key` right now (after
+/// an error, resolve again to follow a failover).
+pub async fn dedicated_for_key(url: &str, key: &str) -> redis::RedisResult<MultiplexedConnection> {
+    if cluster_seeds(url).is_some() {
+        let pool = crate::cluster::ClusterPool::new(url, 1).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "cluster URL",
+                e.to_string(),
+            ))
+        })?;
+        let node = pool.primary_for(key.as_bytes()).await?;
+        return dedicated(&node).await;
     }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Dedicated::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Dedicated::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Dedicated::Single(c) => c.get_db(),
-            Dedicated::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// A dedicated connection for blocking reads of at most `block`.
-pub async fn dedicated_for(url: &str, block: Duration) -> redis::RedisResult<Dedicated> {
-    init_tls();
-    if let Some(seeds) = cluster_seeds(url) {
-        let client = redis::cluster::ClusterClientBuilder::new(seeds)
-            .connection_timeout(DEFAULT_CONNECT_TIMEOUT)
-            .response_timeout(block + CLUSTER_READ_SLACK)
-            .build()?;
-        return Ok(Dedicated::Cluster(client.get_async_connection().await?));
-    }
-    let client = redis::Client::open(url)?;
-    let cfg = AsyncConnectionConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
-    Ok(Dedicated::Single(
-        client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?,
-    ))
+    dedicated(url).await
 }
 
 /// A dedicated single-node connection for blocking reads: no response

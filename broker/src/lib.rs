@@ -8,6 +8,7 @@
 //! - [`nodes`]: the node registry's read side (`sluice status`, dashboard).
 //! - [`connect`]: Redis pools and dedicated connections with sane timeouts.
 
+pub mod cluster;
 pub mod connect;
 pub mod function;
 pub mod nodes;

@@ -28,6 +28,8 @@ pub const BLOCK: Duration = Duration::from_secs(2);
 pub const BATCH: usize = 1024;
 /// How often the reader checks that it did not lose entries.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How long a cancelled read may take to return after `CLIENT UNBLOCK`.
+const UNBLOCK_SLACK: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -129,28 +131,41 @@ impl FeedReader {
 
     /// One connection's life: set up groups, then read until an error.
     async fn session(&self, cancel: &CancellationToken) -> ReadOutcome {
-        let mut conn = match connect::dedicated_for(&self.url, BLOCK).await {
+        // On a cluster, every feed of this reader lives on one primary (the
+        // store runs one reader per shard): connect to that node directly,
+        // found from the slot map, and find it again after any error or
+        // MOVED. That is how the reader follows failovers and resharding
+        // without a cluster client that stalls every request while it
+        // repairs one lost node.
+        let node = match self.node_url().await {
+            Ok(n) => n,
+            Err(e) => return ReadOutcome::Reconnect(e.to_string()),
+        };
+        let mut conn = match connect::dedicated(&node).await {
             Ok(c) => c,
             Err(e) => return ReadOutcome::Reconnect(e.to_string()),
         };
-        if let Err(e) = self.ensure_groups(&mut conn).await {
-            return ReadOutcome::Reconnect(e.to_string());
-        }
-        if let Err(e) = crate::store::redis::reload_function(&self.pool).await {
-            return ReadOutcome::Reconnect(e.to_string());
-        }
-        // On a single Redis a blocked read is stopped at once with CLIENT
-        // UNBLOCK; a cluster connection spans nodes, so there the read is
-        // left to finish its (bounded) block.
-        let client_id: Option<i64> = match &mut conn {
-            connect::Dedicated::Single(c) => {
-                redis::cmd("CLIENT").arg("ID").query_async(c).await.ok()
-            }
-            connect::Dedicated::Cluster(_) => None,
+        let mut ctl = match self.control(&node).await {
+            Ok(c) => c,
+            Err(e) => return ReadOutcome::Reconnect(e),
         };
+        if let Err(e) = self.ensure_groups(&mut ctl).await {
+            return ReadOutcome::Reconnect(e);
+        }
+        // The publish function lives on every primary; a replica promoted
+        // by a failover (or a Redis restarted empty) may lack it.
+        if let Err(e) = ctl.load_function().await {
+            return ReadOutcome::Reconnect(e);
+        }
+        // A blocked read is stopped at once with CLIENT UNBLOCK on cancel.
+        let client_id: Option<i64> = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await
+            .ok();
         let mut counts = vec![ShardCount::default(); self.settings.feeds.len()];
-        if let Err(e) = self.check(&mut counts).await {
-            return ReadOutcome::Reconnect(e.to_string());
+        if let Err(e) = self.check(&mut ctl, &mut counts).await {
+            return ReadOutcome::Reconnect(e);
         }
         // Whatever happened while we were not reading (first start, a Redis
         // restart, a destroyed group) is recovered from the task logs.
@@ -186,8 +201,8 @@ impl FeedReader {
             let reply = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    self.unblock(client_id).await;
-                    let _ = tokio::time::timeout(BLOCK + connect::CLUSTER_READ_SLACK, &mut read).await;
+                    ctl.unblock(client_id).await;
+                    let _ = tokio::time::timeout(BLOCK + UNBLOCK_SLACK, &mut read).await;
                     return ReadOutcome::Cancelled;
                 }
                 r = &mut read => r,
@@ -202,32 +217,53 @@ impl FeedReader {
             }
             if last_check.elapsed() >= CHECK_EVERY {
                 last_check = Instant::now();
-                match self.check(&mut counts).await {
+                match self.check(&mut ctl, &mut counts).await {
                     Ok(true) => {
                         tracing::warn!("feed entries were trimmed before this node read them; resyncing subscriptions");
                         self.sink.resync();
                     }
                     Ok(false) => {}
-                    Err(e) => return ReadOutcome::Reconnect(e.to_string()),
+                    Err(e) => return ReadOutcome::Reconnect(e),
                 }
             }
         }
     }
 
-    async fn ensure_groups(&self, conn: &mut connect::Dedicated) -> redis::RedisResult<()> {
+    /// The node this reader reads from: the Redis of the URL, or on a
+    /// cluster the primary serving this reader's feeds.
+    async fn node_url(&self) -> redis::RedisResult<String> {
+        match (&self.pool, self.settings.feeds.first()) {
+            (Pool::Cluster(cluster), Some(feed)) => cluster.primary_for(feed.as_bytes()).await,
+            _ => Ok(self.url.clone()),
+        }
+    }
+
+    /// Short commands beside the blocking read: the node pool on a single
+    /// Redis, a connection of its own to the same node on a cluster.
+    async fn control(&self, node: &str) -> Result<Control, String> {
+        if self.pool.is_cluster() {
+            connect::node(node)
+                .await
+                .map(Control::Node)
+                .map_err(|e| e.to_string())
+        } else {
+            Ok(Control::Pool(self.pool.clone()))
+        }
+    }
+
+    async fn ensure_groups(&self, ctl: &mut Control) -> Result<(), String> {
         for feed in &self.settings.feeds {
-            let r = redis::cmd("XGROUP")
+            let mut create = redis::cmd("XGROUP");
+            create
                 .arg("CREATE")
                 .arg(feed)
                 .arg(&self.settings.group)
                 .arg("$")
-                .arg("MKSTREAM")
-                .query_async::<Value>(conn)
-                .await;
-            match r {
+                .arg("MKSTREAM");
+            match ctl.query(&create).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.to_string()),
             }
         }
         Ok(())
@@ -235,21 +271,16 @@ impl FeedReader {
 
     /// Compares the group's `entries-read` with what we received. Returns
     /// true when entries were skipped (trimmed before we read them).
-    async fn check(&self, counts: &mut [ShardCount]) -> Result<bool, crate::store::StoreError> {
-        let mut conn = self.pool.get().await?;
+    async fn check(&self, ctl: &mut Control, counts: &mut [ShardCount]) -> Result<bool, String> {
         let mut lost = false;
         for (i, feed) in self.settings.feeds.iter().enumerate() {
-            let reply: Value = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(feed)
-                .query_async(&mut conn)
-                .await?;
+            let mut groups = redis::cmd("XINFO");
+            groups.arg("GROUPS").arg(feed);
+            let reply = ctl.query(&groups).await.map_err(|e| e.to_string())?;
             let read = group_entries_read(&reply, &self.settings.group);
-            let info: Value = redis::cmd("XINFO")
-                .arg("STREAM")
-                .arg(feed)
-                .query_async(&mut conn)
-                .await?;
+            let mut stream = redis::cmd("XINFO");
+            stream.arg("STREAM").arg(feed);
+            let info = ctl.query(&stream).await.map_err(|e| e.to_string())?;
             let added = field_u64(&info, "entries-added");
             if let (Some(a), Some(r)) = (added, read) {
                 if let Some(shard) = shard_index(feed) {
@@ -330,16 +361,48 @@ impl FeedReader {
             }
         }
     }
+}
 
-    async fn unblock(&self, client_id: Option<i64>) {
-        let Some(id) = client_id else { return };
-        if let Ok(mut conn) = self.pool.get().await {
-            let _ = redis::cmd("CLIENT")
-                .arg("UNBLOCK")
-                .arg(id)
-                .query_async::<Value>(&mut conn)
-                .await;
+/// Where a reader sends its short commands (group setup, checks, unblock).
+enum Control {
+    Pool(Pool),
+    Node(redis::aio::MultiplexedConnection),
+}
+
+impl Control {
+    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Control::Pool(pool) => {
+                let mut conn = pool.get().await.map_err(pool_error)?;
+                cmd.query_async(&mut conn).await
+            }
+            Control::Node(conn) => cmd.query_async(conn).await,
         }
+    }
+
+    async fn load_function(&mut self) -> Result<(), String> {
+        match self {
+            Control::Pool(pool) => crate::store::redis::reload_function(pool)
+                .await
+                .map_err(|e| e.to_string()),
+            Control::Node(conn) => sluice_broker::function::load(conn)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn unblock(&mut self, client_id: Option<i64>) {
+        let Some(id) = client_id else { return };
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(id);
+        let _ = self.query(&cmd).await;
+    }
+}
+
+fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    match e {
+        deadpool_redis::PoolError::Backend(e) => e,
+        other => redis::RedisError::from((redis::ErrorKind::Io, "Redis pool", other.to_string())),
     }
 }
 

@@ -68,6 +68,9 @@ impl RedisCluster {
                     "no",
                 ])
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                // Replicas sync at once (the default waits 5 s for more
+                // replicas): a replica that never synced cannot take over.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--cluster-config-file")
                 .arg(dir.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
@@ -130,10 +133,16 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Replicas whose link to their primary is up (synced): only those
+    /// can take over in a failover.
     fn replica_count(&self) -> usize {
         self.live_ports()
             .iter()
-            .filter(|p| cli(**p, &["ROLE"]).is_some_and(|r| r.starts_with("slave")))
+            .filter(|p| {
+                cli(**p, &["INFO", "replication"]).is_some_and(|r| {
+                    r.contains("role:slave") && r.contains("master_link_status:up")
+                })
+            })
             .count()
     }
 

@@ -95,13 +95,6 @@ async fn exact_resume_across_nodes_on_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_failover_while_publishing() {
     sluice_tests::init_logs();
-    // Unfinished: on this box the scenario stalls after the primary is
-    // killed (publishes and reads through the cluster pool stop making
-    // progress; see the issue 8 note). Run it with SLUICE_CLUSTER_FAILOVER=1.
-    if std::env::var_os("SLUICE_CLUSTER_FAILOVER").is_none() {
-        println!("primary_failover_while_publishing: not run (set SLUICE_CLUSTER_FAILOVER=1)");
-        return;
-    }
     let mut cluster = RedisCluster::start();
     let url = cluster.url();
     let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "fa"]).await;
@@ -164,9 +157,13 @@ async fn primary_failover_while_publishing() {
     let victim_shard = shard_of(&tasks[0], DEFAULT_SHARDS);
     let victim = cluster.primary_of_shard(victim_shard);
     let mut publish_errors = 0u64;
+    let mut killed_at = None;
+    let mut victim_back_after = None;
+    let mut longest_stall = Duration::ZERO;
     for i in 1..=N {
         if i == N / 3 {
             cluster.kill(victim);
+            killed_at = Some(std::time::Instant::now());
             println!(
                 "failover: killed primary 127.0.0.1:{victim} (shard {victim_shard}) at publish {i}"
             );
@@ -178,9 +175,16 @@ async fn primary_failover_while_publishing() {
             };
             // Retry with the same idempotency key until Redis answers.
             let mut tries = 0;
+            let started = std::time::Instant::now();
             loop {
                 match p.publish_with(t, "progress", &json!(i), opts.clone()).await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        longest_stall = longest_stall.max(started.elapsed());
+                        if t == &tasks[0] && victim_back_after.is_none() {
+                            victim_back_after = killed_at.map(|k| k.elapsed());
+                        }
+                        break;
+                    }
                     Err(e) => {
                         publish_errors += 1;
                         tries += 1;
@@ -192,6 +196,7 @@ async fn primary_failover_while_publishing() {
         }
     }
     cluster.wait_healed(Duration::from_secs(30));
+    let victim_back_after = victim_back_after.unwrap_or_default();
 
     let (mut lost, mut dups, mut resets, mut unannounced, mut delivered) = (0, 0, 0, 0, 0);
     while let Some(r) = clients.join_next().await {
@@ -219,8 +224,10 @@ async fn primary_failover_while_publishing() {
         delivered += v.delivered;
     }
     println!(
-        "failover: {} clients, delivered={delivered} lost(announced by reset)={lost} duplicated={dups} resets={resets} unannounced_gaps={unannounced} publish_retries={publish_errors}",
-        tasks.len() * 2
+        "failover: {} clients, delivered={delivered} lost(announced by reset)={lost} duplicated={dups} resets={resets} unannounced_gaps={unannounced} publish_retries={publish_errors} victim_shard_publishing_again_after={:.2}s longest_publish_stall={:.2}s",
+        tasks.len() * 2,
+        victim_back_after.as_secs_f64(),
+        longest_stall.as_secs_f64(),
     );
     assert_eq!(dups, 0);
     assert_eq!(unannounced, 0);

@@ -28,12 +28,13 @@ pub struct TailArgs {
     pub no_follow: bool,
 }
 
+/// Consecutive failed reads (a failover, a restart) before giving up.
+const MAX_RETRIES: u32 = 10;
+
 pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
     let task = super::parse_task(&a.task)?;
     let keys = TaskKeys::new(&task, redis.shards);
-    let mut conn =
-        connect::dedicated_for(&redis.redis_url, std::time::Duration::from_millis(BLOCK_MS))
-            .await?;
+    let mut conn = connect::dedicated_for_key(&redis.redis_url, &keys.log).await?;
     let mut last = match a.after {
         Some(n) => n,
         None => match reader::snapshot(&mut conn, &task, redis.shards).await? {
@@ -41,16 +42,60 @@ pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
             None => 0,
         },
     };
+    let mut failures = 0u32;
+    loop {
+        match follow(
+            &mut conn,
+            &task,
+            &keys,
+            redis.shards,
+            &mut last,
+            a.no_follow,
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // Lost the node (failover, restart, resharding): reconnect
+                // and continue after `last`, so nothing is printed twice.
+                failures += 1;
+                if failures > MAX_RETRIES {
+                    return Err(e);
+                }
+                eprintln!("sluice: {e:#}; reconnecting ({failures}/{MAX_RETRIES})");
+                tokio::time::sleep(std::time::Duration::from_millis(500 * u64::from(failures)))
+                    .await;
+                match connect::dedicated_for_key(&redis.redis_url, &keys.log).await {
+                    Ok(c) => {
+                        conn = c;
+                    }
+                    Err(e) => eprintln!("sluice: reconnect failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Prints what the log holds after `last`, then follows it; returns once
+/// the final event is printed (or at once with `no_follow`).
+async fn follow(
+    conn: &mut redis::aio::MultiplexedConnection,
+    task: &sluice_shared::TaskId,
+    keys: &TaskKeys,
+    shards: u32,
+    last: &mut u64,
+    no_follow: bool,
+) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     loop {
         // Drain what the log holds after `last`.
         loop {
-            let page = reader::history(&mut conn, &task, redis.shards, last, PAGE).await?;
+            let page = reader::history(conn, task, shards, *last, PAGE).await?;
             if let Some(first) = page.first() {
-                if first.seq != last + 1 {
+                if first.seq != *last + 1 {
                     eprintln!(
                         "sluice: events {}..{} are no longer retained",
-                        last + 1,
+                        *last + 1,
                         first.seq - 1
                     );
                 }
@@ -58,7 +103,7 @@ pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
             let n = page.len();
             let mut out = stdout.lock();
             for ev in page {
-                last = ev.seq;
+                *last = ev.seq;
                 out.write_all(&ev.envelope_json())?;
                 out.write_all(b"\n")?;
                 if ev.is_final {
@@ -71,7 +116,7 @@ pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
                 break;
             }
         }
-        if a.no_follow {
+        if no_follow {
             return Ok(());
         }
         // Wait for the next entry of the log.
@@ -82,8 +127,8 @@ pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
             .arg(BLOCK_MS)
             .arg("STREAMS")
             .arg(&keys.log)
-            .arg(format!("{last}-0"))
-            .query_async(&mut conn)
+            .arg(format!("{}-0", *last))
+            .query_async(conn)
             .await?;
     }
 }
