@@ -125,6 +125,20 @@ impl RedisCluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 
+    /// Bytes all live nodes have sent to their clients so far
+    /// (`total_net_output_bytes`, replication traffic excluded).
+    pub fn output_bytes(&self) -> u64 {
+        self.live_ports()
+            .iter()
+            .filter_map(|p| cli(*p, &["INFO", "stats"]))
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
     fn live_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()

@@ -232,3 +232,60 @@ async fn primary_failover_while_publishing() {
     assert_eq!(dups, 0);
     assert_eq!(unannounced, 0);
 }
+
+/// Measures the Redis egress of the feed readers: the same publishing runs
+/// with no edge, one edge and three edges, and the cluster's output bytes
+/// (replication excluded) are compared. A figure, printed for the README's
+/// capacity model; the assertion only checks the model's shape (every edge
+/// reads every feed, so egress grows with the number of edges).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_egress_grows_with_edges() {
+    sluice_tests::init_logs();
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let p = Publisher::connect(&url).await.expect("publisher");
+    p.load_function().await.expect("function");
+    const EVENTS: u64 = 1_500;
+    let payload = json!({ "pct": 50, "msg": "x".repeat(200) });
+    let tasks: Vec<String> = (0..48).map(|_| unique_task("egress")).collect();
+
+    // Publishes EVENTS events over the tasks and returns the cluster's
+    // output bytes meanwhile (after a pause for the readers to catch up).
+    let phase = |edges: usize| {
+        let p = p.clone();
+        let tasks = tasks.clone();
+        let payload = payload.clone();
+        let cluster = &cluster;
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let before = cluster.output_bytes();
+            for i in 0..EVENTS {
+                let t = &tasks[(i as usize) % tasks.len()];
+                p.publish(t, "progress", &payload).await.expect("publish");
+            }
+            tokio::time::sleep(Duration::from_millis(2_500)).await;
+            let bytes = cluster.output_bytes() - before;
+            println!("egress: {edges} edge(s): {bytes} bytes for {EVENTS} events");
+            bytes
+        }
+    };
+    let none = phase(0).await;
+    let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "ea"]).await;
+    let one = phase(1).await;
+    let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "eb"]).await;
+    let c = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "ec"]).await;
+    let three = phase(3).await;
+    let per_edge_one = one.saturating_sub(none) as f64 / EVENTS as f64;
+    let per_edge_three = three.saturating_sub(none) as f64 / EVENTS as f64 / 3.0;
+    println!(
+        "egress: feed bytes per event per edge: {per_edge_one:.0} (1 edge), {per_edge_three:.0} (3 edges); \
+         publisher-only baseline {:.0} bytes per event",
+        none as f64 / EVENTS as f64
+    );
+    drop((a, b, c));
+    assert!(
+        three.saturating_sub(none) > 2 * one.saturating_sub(none),
+        "three edges read every feed, so they draw about three times one edge's egress: \
+         none={none} one={one} three={three}"
+    );
+}
