@@ -29,6 +29,10 @@ pub struct Event {
     pub is_reset: bool,
     /// Publish time (ms since the epoch); 0 for resets.
     pub ts: i64,
+    /// Fingerprint of the envelope (0 for resets): lets a subscription check
+    /// that the event it delivered last is still the one the store holds
+    /// under that seq (it is not after Redis lost acknowledged writes).
+    pub digest: u64,
     /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`
     pub sse: Bytes,
     /// The JSON envelope (one WebSocket text frame).
@@ -44,8 +48,26 @@ impl Event {
             is_final: ev.is_final,
             is_reset: false,
             ts: ev.ts,
+            digest: digest(&json),
             sse,
             json: Bytes::from(json),
+        })
+    }
+
+    /// The latest event of a snapshot, sent first to a subscriber with no
+    /// resume point. Its envelope is rebuilt from the task meta rather than
+    /// read from the log, so it carries no fingerprint (digest 0): a later
+    /// lost-writes check must not compare it with the log's bytes.
+    pub fn from_snapshot(ev: &StoredEvent) -> Arc<Event> {
+        let live = Event::from_stored(ev);
+        Arc::new(Event {
+            seq: live.seq,
+            is_final: live.is_final,
+            is_reset: false,
+            ts: 0,
+            digest: 0,
+            sse: live.sse.clone(),
+            json: live.json.clone(),
         })
     }
 
@@ -58,6 +80,7 @@ impl Event {
             is_final: live.is_final,
             is_reset: false,
             ts: 0,
+            digest: live.digest,
             sse: live.sse.clone(),
             json: live.json.clone(),
         })
@@ -92,10 +115,22 @@ impl Event {
             is_final: false,
             is_reset: true,
             ts: 0,
+            digest: 0,
             sse: sse_frame(seq, RESET_TYPE, &data),
             json: Bytes::from(json),
         })
     }
+}
+
+/// A 64-bit fingerprint of an encoded envelope (FNV-1a; not a security
+/// property, only "is this the same event").
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// Builds an SSE frame. `data` is compact JSON (no newlines), so one `data:`

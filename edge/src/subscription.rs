@@ -45,6 +45,12 @@ pub struct Subscription {
     metrics: Arc<Metrics>,
     /// Last delivered seq.
     last: Seq,
+    /// Fingerprint of the last delivered event (0: none, or a reset).
+    last_digest: u64,
+    /// After a re-sync: check that the store still holds the event delivered
+    /// last, under its seq, before going on (Redis may have lost
+    /// acknowledged writes, then given the same seqs to new events).
+    verify_last: bool,
     /// Ready to deliver, in order (a history page, a snapshot, a reset).
     pending: VecDeque<Arc<Event>>,
     /// History must be read from `last + 1` before going live.
@@ -73,6 +79,8 @@ impl Subscription {
             store,
             metrics,
             last: 0,
+            last_digest: 0,
+            verify_last: false,
             pending: VecDeque::new(),
             catching_up: false,
             done: false,
@@ -92,7 +100,7 @@ impl Subscription {
                         .unwrap_or(0),
                     is_final: s.latest.is_final,
                 };
-                sub.pending.push_back(Event::from_history(&ev));
+                sub.pending.push_back(Event::from_snapshot(&ev));
             }
             (Start::After(0), None) => {}
             (Start::After(_), None) => sub.reset(None),
@@ -138,6 +146,7 @@ impl Subscription {
             if let Some(ev) = self.pending.pop_front() {
                 if ev.is_reset {
                     self.last = ev.seq;
+                    self.last_digest = 0;
                     return Some(ev);
                 }
                 if ev.seq <= self.last {
@@ -150,6 +159,7 @@ impl Subscription {
                     return None;
                 }
                 self.last = ev.seq;
+                self.last_digest = ev.digest;
                 if ev.is_final {
                     self.done = true;
                     self.pending.clear();
@@ -195,6 +205,7 @@ impl Subscription {
                 // buffer from here.
                 while self.reg.rx.try_recv().is_ok() {}
                 self.catching_up = true;
+                self.verify_last = true;
             }
             if self.catching_up {
                 self.fill().await?;
@@ -214,6 +225,9 @@ impl Subscription {
 
     /// Reads one history page after `last`.
     async fn fill(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.verify_last) && self.last_digest != 0 && self.verify().await? {
+            return Ok(());
+        }
         if self.take_page().await? {
             return Ok(());
         }
@@ -234,6 +248,32 @@ impl Subscription {
             _ => self.catching_up = false,
         }
         Ok(())
+    }
+
+    /// After a re-sync: is the event delivered last still the one the
+    /// store holds under its seq? Redis may have lost acknowledged writes
+    /// (a restart without persistence, a failover) and given the same seqs
+    /// to new events; then the client gets a reset instead of silently
+    /// continuing in the new numbering. True if a reset was queued.
+    async fn verify(&mut self) -> Result<bool, StoreError> {
+        let at = match self.store.history(&self.task, self.last - 1, 1).await {
+            Ok(at) => at,
+            // Unreadable: the page read that follows answers with a reset.
+            Err(StoreError::Corrupt { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let Some(ev) = at.first().filter(|e| e.seq == self.last) else {
+            // Not retained (or not there any more): the page read and the
+            // snapshot comparison that follow decide.
+            return Ok(false);
+        };
+        if Event::from_stored(ev).digest == self.last_digest {
+            return Ok(false);
+        }
+        tracing::warn!(task = %self.task, seq = self.last, "the store no longer holds the events this client saw (lost writes); sending a reset");
+        let snap = self.store.snapshot(&self.task).await?;
+        self.reset(snap.as_ref());
+        Ok(true)
     }
 
     /// Reads the page after `last` and queues it; false if it was empty.
@@ -329,6 +369,167 @@ mod tests {
         async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
             self.inner.run_feed(sink, cancel).await
         }
+    }
+
+    /// A store whose backend can be replaced by another holding different
+    /// events under the same seqs: Redis after it lost acknowledged writes
+    /// and renumbered new events.
+    struct SwappableStore {
+        inner: std::sync::Mutex<MemoryStore>,
+    }
+
+    impl SwappableStore {
+        fn current(&self) -> MemoryStore {
+            self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        }
+    }
+
+    #[async_trait]
+    impl Store for SwappableStore {
+        fn kind(&self) -> &'static str {
+            "memory"
+        }
+        async fn publish(
+            &self,
+            task: &TaskId,
+            kind: &str,
+            data: &Value,
+            opts: &PublishOptions,
+        ) -> Result<Published, StoreError> {
+            self.current().publish(task, kind, data, opts).await
+        }
+        async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
+            self.current().snapshot(task).await
+        }
+        async fn history(
+            &self,
+            task: &TaskId,
+            after: Seq,
+            limit: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            self.current().history(task, after, limit).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
+            self.current().run_feed(sink, cancel).await
+        }
+    }
+
+    #[tokio::test]
+    async fn renumbered_events_after_lost_writes_are_announced_with_a_reset() {
+        use crate::store::FeedSink as _;
+        let store = Arc::new(SwappableStore {
+            inner: std::sync::Mutex::new(MemoryStore::new(PublisherConfig::default())),
+        });
+        let task = TaskId::parse("renumbered-1").expect("valid id");
+        let opts = PublishOptions::default();
+        for i in 0..5 {
+            store
+                .publish(
+                    &task,
+                    "progress",
+                    &json!({ "history": "first", "i": i }),
+                    &opts,
+                )
+                .await
+                .expect("publish");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(16, metrics.clone());
+        let Opening::Stream(mut sub) = Subscription::open(
+            &hub,
+            store.clone(),
+            metrics.clone(),
+            task.clone(),
+            Start::After(0),
+            100,
+        )
+        .await
+        .expect("open") else {
+            panic!("task is open");
+        };
+        for want in 1..=5 {
+            let ev = sub.next().await.expect("next").expect("an event");
+            assert_eq!(ev.seq, want);
+        }
+        // Redis comes back without those writes; new events take seqs 1..7.
+        let renumbered = MemoryStore::new(PublisherConfig::default());
+        for i in 0..7 {
+            renumbered
+                .publish(
+                    &task,
+                    "progress",
+                    &json!({ "history": "second", "i": i }),
+                    &opts,
+                )
+                .await
+                .expect("publish");
+        }
+        *store.inner.lock().expect("lock") = renumbered;
+        // The node notices (feed went back, reconnect) and re-syncs.
+        hub.resync();
+        let ev = sub.next().await.expect("next").expect("an event");
+        assert!(
+            ev.is_reset,
+            "seq {} delivered from the new numbering without a reset",
+            ev.seq
+        );
+        assert_eq!(ev.seq, 7, "the reset carries the task's current seq");
+        assert_eq!(metrics.resets.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resync_without_lost_writes_sends_no_reset() {
+        use crate::store::FeedSink as _;
+        let store = Arc::new(MemoryStore::new(PublisherConfig::default()));
+        let task = TaskId::parse("kept-1").expect("valid id");
+        let opts = PublishOptions::default();
+        for i in 0..3 {
+            store
+                .publish(
+                    &task,
+                    "progress",
+                    &json!({ "nested": { "b": 1, "a": [i] } }),
+                    &opts,
+                )
+                .await
+                .expect("publish");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(16, metrics.clone());
+        let Opening::Stream(mut sub) = Subscription::open(
+            &hub,
+            store.clone(),
+            metrics.clone(),
+            task.clone(),
+            Start::Latest,
+            100,
+        )
+        .await
+        .expect("open") else {
+            panic!("task is open");
+        };
+        assert_eq!(sub.next().await.expect("next").expect("snapshot").seq, 3);
+        hub.resync();
+        store
+            .publish(&task, "progress", &json!({ "nested": { "b": 2 } }), &opts)
+            .await
+            .expect("publish");
+        let ev = sub.next().await.expect("next").expect("an event");
+        assert!(!ev.is_reset);
+        assert_eq!(ev.seq, 4);
+        // And after a live/history event the fingerprints agree too.
+        hub.resync();
+        store
+            .publish(&task, "progress", &json!({ "nested": { "b": 3 } }), &opts)
+            .await
+            .expect("publish");
+        let ev = sub.next().await.expect("next").expect("an event");
+        assert!(!ev.is_reset);
+        assert_eq!(ev.seq, 5);
+        assert_eq!(metrics.resets.get(), 0);
     }
 
     #[tokio::test]
