@@ -38,6 +38,8 @@ pub struct FeedSettings {
     pub node_id: String,
     pub group: String,
     pub feeds: Vec<String>,
+    /// The deployment's shard count (`feeds` may be a subset of them).
+    pub shards: u32,
 }
 
 impl FeedSettings {
@@ -46,6 +48,7 @@ impl FeedSettings {
             node_id: node_id.to_owned(),
             group: keys::group_name(node_id),
             feeds: keys::feed_keys(shards),
+            shards,
         }
     }
 }
@@ -169,7 +172,7 @@ impl FeedReader {
         }
         // Whatever happened while we were not reading (first start, a Redis
         // restart, a destroyed group) is recovered from the task logs.
-        self.sink.resync();
+        self.resync();
         self.sink.set_live(true);
         tracing::info!(shards = self.settings.feeds.len(), "feed reader attached");
         self.attached
@@ -220,13 +223,30 @@ impl FeedReader {
                 match self.check(&mut ctl, &mut counts).await {
                     Ok(true) => {
                         tracing::warn!("feed entries were trimmed before this node read them; resyncing subscriptions");
-                        self.sink.resync();
+                        self.resync();
                     }
                     Ok(false) => {}
                     Err(e) => return ReadOutcome::Reconnect(e),
                 }
             }
         }
+    }
+
+    /// Re-syncs the subscriptions this reader feeds: all of them when it
+    /// reads every shard, else only those of its shards (on a cluster, one
+    /// shard's failover must not send every subscription back to Redis).
+    fn resync(&self) {
+        if self.settings.feeds.len() as u32 >= self.settings.shards {
+            self.sink.resync();
+            return;
+        }
+        let mine: Vec<u32> = self
+            .settings
+            .feeds
+            .iter()
+            .filter_map(|f| shard_index(f))
+            .collect();
+        self.sink.resync_shards(&mine, self.settings.shards);
     }
 
     /// The node this reader reads from: the Redis of the URL, or on a

@@ -314,6 +314,18 @@ impl FeedSink for Hub {
         }
     }
 
+    fn resync_shards(&self, shards: &[u32], total: u32) {
+        let inner = self.lock();
+        for (task, subs) in inner.tasks.iter() {
+            if !shards.contains(&sluice_shared::shard_of(task, total)) {
+                continue;
+            }
+            for sub in subs.values() {
+                sub.flag();
+            }
+        }
+    }
+
     fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Release);
     }

@@ -68,6 +68,11 @@ pub trait FeedSink: Send + Sync {
     fn deliver(&self, event: &StoredEvent);
     /// The feed lost its place: every subscription must re-check history.
     fn resync(&self);
+    /// Re-syncs only the subscriptions whose task is in one of `shards`
+    /// (of `total`). By default, all of them.
+    fn resync_shards(&self, _shards: &[u32], _total: u32) {
+        self.resync();
+    }
     /// The feed is attached and delivering (readiness).
     fn set_live(&self, live: bool);
     /// The node's consumer-group lag on one shard feed (metrics).

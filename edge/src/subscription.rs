@@ -20,6 +20,11 @@ use crate::store::{Store, StoreError};
 
 /// Default history page size for resume and catch-up.
 pub const DEFAULT_HISTORY_PAGE: usize = 1000;
+/// Failed history reads a subscription retries before it gives up and the
+/// connection closes (about 30 s in all with the waits below).
+const FILL_RETRIES: u32 = 20;
+const FILL_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(50);
+const FILL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a subscriber wants to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +63,8 @@ pub struct Subscription {
     /// The final event was delivered.
     done: bool,
     page: usize,
+    /// Consecutive history reads that failed (Redis unavailable).
+    fill_failures: u32,
 }
 
 impl Subscription {
@@ -85,6 +92,7 @@ impl Subscription {
             catching_up: false,
             done: false,
             page: page.max(1),
+            fill_failures: 0,
         };
         match (start, snapshot) {
             (Start::Latest, None) => {}
@@ -208,7 +216,22 @@ impl Subscription {
                 self.verify_last = true;
             }
             if self.catching_up {
-                self.fill().await?;
+                match self.fill().await {
+                    Ok(()) => self.fill_failures = 0,
+                    Err(StoreError::Unavailable(cause)) if self.fill_failures < FILL_RETRIES => {
+                        // Redis is away for a moment (restart, failover):
+                        // keep the connection and its cursor, and try again.
+                        // Closing would make the client resume with a bare
+                        // seq, which cannot tell whether Redis lost writes.
+                        self.fill_failures += 1;
+                        let wait = FILL_RETRY_BASE
+                            .saturating_mul(1 << self.fill_failures.min(5))
+                            .min(FILL_RETRY_MAX);
+                        tracing::debug!(task = %self.task, cause = %cause, retry_in_ms = wait.as_millis() as u64, "history read failed; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => return Err(e),
+                }
                 continue;
             }
             // Live. Both branches are cancel-safe (`notified` and `recv`).
@@ -225,8 +248,13 @@ impl Subscription {
 
     /// Reads one history page after `last`.
     async fn fill(&mut self) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.verify_last) && self.last_digest != 0 && self.verify().await? {
-            return Ok(());
+        if self.verify_last {
+            // Cleared only once the check ran: a failed read retries it.
+            let reset = self.last_digest != 0 && self.verify().await?;
+            self.verify_last = false;
+            if reset {
+                return Ok(());
+            }
         }
         if self.take_page().await? {
             return Ok(());

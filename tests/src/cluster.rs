@@ -190,6 +190,38 @@ impl RedisCluster {
         }
     }
 
+    /// The replica of a primary (by its `master_port`).
+    pub fn replica_of(&self, primary: u16) -> u16 {
+        let want = format!("master_port:{primary}");
+        self.live_ports()
+            .into_iter()
+            .find(|p| cli(*p, &["INFO", "replication"]).is_some_and(|r| r.contains(&want)))
+            .expect("the primary has a replica")
+    }
+
+    /// Stops (SIGSTOP) or resumes (SIGCONT) a node: a replica stopped for a
+    /// moment misses the writes its primary acknowledges meanwhile.
+    pub fn signal(&self, port: u16, stop: bool) {
+        let Some(pid) = self
+            .nodes
+            .iter()
+            .find(|n| n.port == port)
+            .and_then(|n| n.child.as_ref())
+            .map(|c| c.id())
+        else {
+            return;
+        };
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+    }
+
+    /// Closes a primary's links to its replicas (`CLIENT KILL TYPE
+    /// replica`): with the replica stopped, what the primary acknowledges
+    /// next never reaches it.
+    pub fn cut_replication(&self, primary: u16) {
+        let _ = cli(primary, &["CLIENT", "KILL", "TYPE", "replica"]);
+    }
+
     /// Waits until every slot is served again (a replica took over).
     pub fn wait_healed(&self, deadline: Duration) {
         let ports = self.live_ports();

@@ -289,3 +289,217 @@ async fn feed_egress_grows_with_edges() {
          none={none} one={one} three={three}"
     );
 }
+
+/// What one client saw of one task: events `(seq, data)` and resets, in
+/// arrival order, across its reconnects.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Event(u64, serde_json::Value),
+    Reset(u64),
+}
+
+/// A failover that loses acknowledged writes, made deterministic: the
+/// victim's replica is stopped (SIGSTOP) while the primary acknowledges a
+/// run of publishes, then the primary is killed and the replica resumed and
+/// promoted. Those events are gone and the tasks' next events reuse their
+/// seqs. Every client must either see exactly the final history, or get a
+/// `sluice.reset` and then exactly the final history from the reset's seq:
+/// never a silent gap, never the new events hidden under seqs it already has.
+/// Judged by content, not only by seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_failover_losing_writes_resets_clients() {
+    sluice_tests::init_logs();
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url();
+    let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "la"]).await;
+    let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "lb"]).await;
+    let p = Publisher::connect(&url).await.expect("publisher");
+    // Four tasks on the victim's shard, four elsewhere.
+    let first = unique_task("lw");
+    let victim_shard = shard_of(&first, DEFAULT_SHARDS);
+    let mut on_victim = vec![first];
+    let mut elsewhere = Vec::new();
+    for _ in 0..10_000 {
+        if on_victim.len() == 4 && elsewhere.len() == 4 {
+            break;
+        }
+        let t = unique_task("lw");
+        if shard_of(&t, DEFAULT_SHARDS) == victim_shard {
+            if on_victim.len() < 4 {
+                on_victim.push(t);
+            }
+        } else if elsewhere.len() < 4 {
+            elsewhere.push(t);
+        }
+    }
+    assert_eq!(
+        on_victim.len() + elsewhere.len(),
+        8,
+        "tasks for both groups"
+    );
+    let tasks: Vec<String> = on_victim.iter().chain(&elsewhere).cloned().collect();
+    const N: u64 = 200;
+    const LOST_ROUNDS: u64 = 15;
+    for t in &tasks {
+        p.publish(t, "progress", &json!(0)).await.expect("publish");
+    }
+
+    let mut clients = tokio::task::JoinSet::new();
+    for t in &tasks {
+        for edge in [&a, &b] {
+            let base = edge.url(&format!("/v1/tasks/{t}/events"));
+            let t = t.clone();
+            clients.spawn(async move {
+                let mut seen = Vec::new();
+                let mut last = 0u64;
+                let mut reconnects = 0u32;
+                loop {
+                    let mut c = SseClient::connect(&format!("{base}?after={last}"), None).await;
+                    if c.status == 204 {
+                        break;
+                    }
+                    if c.status == 200 {
+                        while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
+                            let seq = f.seq().expect("id");
+                            last = seq;
+                            let env = f.json();
+                            if f.event.as_deref() == Some("sluice.reset") {
+                                seen.push(Seen::Reset(seq));
+                            } else {
+                                seen.push(Seen::Event(seq, env["data"].clone()));
+                                if env["final"] == json!(true) {
+                                    return (t, seen, reconnects);
+                                }
+                            }
+                        }
+                    }
+                    reconnects += 1;
+                    assert!(reconnects < 300, "{t}: too many reconnects");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                (t, seen, reconnects)
+            });
+        }
+    }
+
+    let victim = cluster.primary_of_shard(victim_shard);
+    let replica = cluster.replica_of(victim);
+    let publish = |t: String, i: u64| {
+        let p = p.clone();
+        async move {
+            let opts = PublishOptions {
+                is_final: i == N,
+                idempotency_key: Some(format!("e{i}")),
+            };
+            for _ in 0..400 {
+                if p.publish_with(&t, "progress", &json!(i), opts.clone())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("publish kept failing");
+        }
+    };
+    let mut killed_at = None;
+    let mut back_after = None;
+    for i in 1..=N {
+        if i == N / 4 {
+            cluster.signal(replica, true);
+            cluster.cut_replication(victim);
+        }
+        if i == N / 4 + LOST_ROUNDS {
+            // Let the edges deliver what the primary acknowledged, then
+            // lose it with the primary.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.kill(victim);
+            cluster.signal(replica, false);
+            killed_at = Some(std::time::Instant::now());
+            println!(
+                "lost writes: stopped replica {replica}, killed primary {victim} (shard {victim_shard}) after {LOST_ROUNDS} acknowledged rounds"
+            );
+        }
+        for t in &tasks {
+            publish(t.clone(), i).await;
+            if t == &tasks[0] && back_after.is_none() {
+                back_after = killed_at.map(|k| k.elapsed());
+            }
+        }
+    }
+    cluster.wait_healed(Duration::from_secs(30));
+
+    // The final history of every task, as Redis holds it now.
+    let mut conn = p.pool().get().await.expect("conn");
+    let mut finals = std::collections::HashMap::new();
+    for t in &tasks {
+        let id = sluice_shared::TaskId::parse(t).expect("id");
+        let h = sluice_broker::reader::history(&mut conn, &id, DEFAULT_SHARDS, 0, 10_000)
+            .await
+            .expect("history");
+        let h: Vec<(u64, serde_json::Value)> = h.into_iter().map(|e| (e.seq, e.data)).collect();
+        finals.insert(t.clone(), h);
+    }
+    let lost_events: usize = on_victim
+        .iter()
+        .map(|t| N as usize + 1 - finals[t].len())
+        .sum();
+
+    let (mut resets_victim, mut resets_other, mut clients_n) = (0, 0, 0);
+    while let Some(r) = clients.join_next().await {
+        let (t, seen, _reconnects) = r.expect("client");
+        clients_n += 1;
+        let history = &finals[&t];
+        // After the last reset (or from the start), exactly the history.
+        let (from, tail): (u64, Vec<&Seen>) =
+            match seen.iter().rposition(|s| matches!(s, Seen::Reset(_))) {
+                Some(i) => {
+                    let Seen::Reset(r) = seen[i] else {
+                        unreachable!()
+                    };
+                    (r, seen[i + 1..].iter().collect())
+                }
+                None => (0, seen.iter().collect()),
+            };
+        let got: Vec<(u64, serde_json::Value)> = tail
+            .iter()
+            .map(|s| match s {
+                Seen::Event(seq, d) => (*seq, d.clone()),
+                Seen::Reset(_) => unreachable!(),
+            })
+            .collect();
+        let want: Vec<(u64, serde_json::Value)> =
+            history.iter().filter(|(s, _)| *s > from).cloned().collect();
+        // A client that started from the snapshot may begin mid-history.
+        let start = if from == 0 {
+            got.first().map(|g| g.0).unwrap_or(1)
+        } else {
+            from + 1
+        };
+        let want: Vec<_> = want.into_iter().filter(|(s, _)| *s >= start).collect();
+        assert_eq!(
+            got, want,
+            "{t}: after its last reset (seq {from}) the client must see exactly the final history"
+        );
+        let resets = seen.iter().filter(|s| matches!(s, Seen::Reset(_))).count();
+        if on_victim.contains(&t) {
+            resets_victim += resets;
+            assert!(
+                resets > 0,
+                "{t}: saw events Redis then lost, but got no reset"
+            );
+        } else {
+            resets_other += resets;
+        }
+    }
+    println!(
+        "lost writes: {clients_n} clients; {lost_events} acknowledged events lost on {} tasks; resets: {resets_victim} on those tasks, {resets_other} elsewhere; publishing to the shard again {:.2}s after the kill",
+        on_victim.len(),
+        back_after.unwrap_or_default().as_secs_f64()
+    );
+    assert!(
+        lost_events > 0,
+        "the scenario must lose acknowledged writes"
+    );
+}
