@@ -28,6 +28,9 @@ pub const DEFAULT_IDLE_TTL_SECS: u64 = 24 * 3600;
 /// Default retention of a closed task.
 pub const DEFAULT_RETENTION_SECS: u64 = 24 * 3600;
 
+/// Default time a publish waits for replicas (`wait_replicas` > 0).
+pub const DEFAULT_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -53,6 +56,14 @@ pub enum PublishError {
     Pool(String),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The event is stored on the primary (as `seq`), but fewer replicas
+    /// than asked confirmed it in time: a failover could still lose it.
+    /// Retry with the same idempotency key: nothing is appended twice, and
+    /// the retry waits for the replicas again.
+    #[error(
+        "event {seq} is stored on the primary, but only {acked} of {wanted} replicas confirmed it in time"
+    )]
+    NotReplicated { seq: Seq, acked: u32, wanted: u32 },
 }
 
 impl From<deadpool_redis::PoolError> for PublishError {
@@ -92,6 +103,11 @@ pub struct PublisherConfig {
     pub retention_secs: u64,
     pub max_data_bytes: usize,
     pub pool_size: usize,
+    /// Replicas that must confirm each publish (`WAIT`) before it counts as
+    /// done; 0 (the default) answers as soon as the primary stored it.
+    pub wait_replicas: u32,
+    /// How long a publish waits for those replicas.
+    pub wait_timeout: std::time::Duration,
 }
 
 impl Default for PublisherConfig {
@@ -104,6 +120,8 @@ impl Default for PublisherConfig {
             retention_secs: DEFAULT_RETENTION_SECS,
             max_data_bytes: DEFAULT_MAX_DATA_BYTES,
             pool_size: connect::DEFAULT_POOL_SIZE,
+            wait_replicas: 0,
+            wait_timeout: DEFAULT_WAIT_TIMEOUT,
         }
     }
 }
@@ -240,31 +258,61 @@ impl Publisher {
         // Bounded: a cluster connection retries through a failover by itself,
         // but a caller must get an answer (and retry with its idempotency
         // key) rather than wait without end.
+        // With `wait_replicas`, the FCALL and a `WAIT` go in one pipeline:
+        // one connection to the task's primary, so the WAIT covers the write.
+        let wanted = self.config.wait_replicas;
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone());
+        if wanted > 0 {
+            pipe.cmd("WAIT")
+                .arg(wanted)
+                .arg(self.config.wait_timeout.as_millis() as u64);
+        }
         let call = async {
             let mut conn = self.pool.get().await?;
-            let reply = match cmd.query_async::<(u64, i64, u8)>(&mut conn).await {
+            let reply = match send(&mut conn, &cmd, &pipe, wanted).await {
                 Err(e) if function::is_missing(&e) => {
                     // Redis lost its functions (restart without persistence).
                     tracing::warn!("sluice_publish missing on Redis; loading it again");
                     function::load(&mut conn).await?;
-                    cmd.query_async::<(u64, i64, u8)>(&mut conn).await
+                    send(&mut conn, &cmd, &pipe, wanted).await
                 }
                 other => other,
             };
             Ok::<_, PublishError>(reply)
         };
-        let reply = match tokio::time::timeout(connect::DEFAULT_RESPONSE_TIMEOUT * 2, call).await {
+        let limit = connect::DEFAULT_RESPONSE_TIMEOUT * 2 + self.config.wait_timeout;
+        let reply = match tokio::time::timeout(limit, call).await {
             Ok(r) => r?,
             Err(_) => return Err(PublishError::Pool("Redis did not answer in time".into())),
         };
         match reply {
-            Ok((seq, ts, dup)) => Ok(Published {
+            Ok(((seq, _, _), acked)) if acked < wanted => {
+                Err(PublishError::NotReplicated { seq, acked, wanted })
+            }
+            Ok(((seq, ts, dup), _)) => Ok(Published {
                 seq,
                 ts,
                 duplicate: dup == 1,
             }),
             Err(e) => Err(classify(task, e)),
         }
+    }
+}
+
+/// Sends the publish (alone, or with its `WAIT` when replicas are wanted);
+/// answers the function's reply and the replicas that confirmed it.
+async fn send(
+    conn: &mut connect::PooledConn,
+    cmd: &redis::Cmd,
+    pipe: &redis::Pipeline,
+    wanted: u32,
+) -> redis::RedisResult<((u64, i64, u8), u32)> {
+    if wanted == 0 {
+        let r: (u64, i64, u8) = cmd.query_async(conn).await?;
+        Ok((r, 0))
+    } else {
+        pipe.query_async(conn).await
     }
 }
 

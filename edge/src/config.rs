@@ -112,6 +112,17 @@ pub struct Config {
     #[arg(long, env = "SLUICE_MAX_DATA_BYTES", default_value_t = sluice_shared::event::DEFAULT_MAX_DATA_BYTES)]
     pub max_data_bytes: usize,
 
+    /// Replicas that must confirm each HTTP publish (Redis `WAIT`) before it
+    /// is answered 201; when fewer confirm in time the answer is 503
+    /// `not_replicated` (the event is stored on the primary: retry with the
+    /// same idempotency_key). 0 answers as soon as the primary stored it.
+    #[arg(long, env = "SLUICE_WAIT_REPLICAS", default_value_t = 0)]
+    pub wait_replicas: u32,
+
+    /// How long an HTTP publish waits for `--wait-replicas`, milliseconds.
+    #[arg(long, env = "SLUICE_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub wait_timeout_ms: u64,
+
     /// Log format.
     #[arg(long, env = "SLUICE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -162,6 +173,8 @@ impl Config {
             feed_cap: self.feed_cap,
             retention_secs: self.retention_secs,
             max_data_bytes: self.max_data_bytes,
+            wait_replicas: self.wait_replicas,
+            wait_timeout: Duration::from_millis(self.wait_timeout_ms),
             ..PublisherConfig::default()
         }
     }

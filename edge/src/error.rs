@@ -98,6 +98,14 @@ impl From<PublishError> for ApiError {
                 ApiError::bad_request("invalid_data", e.to_string())
             }
             PublishError::Rejected(m) => ApiError::bad_request("rejected", m),
+            PublishError::NotReplicated { .. } => {
+                tracing::warn!(cause = %e, "publish not confirmed by enough replicas");
+                ApiError::unavailable(
+                    "not_replicated",
+                    format!("{e}; retry with the same idempotency_key"),
+                    1,
+                )
+            }
             PublishError::Redis(_) | PublishError::Pool(_) | PublishError::Connect(_) => {
                 tracing::warn!(cause = %e, "publish failed: backend unavailable");
                 ApiError::unavailable(

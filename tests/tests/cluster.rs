@@ -503,3 +503,97 @@ async fn primary_failover_losing_writes_resets_clients() {
         "the scenario must lose acknowledged writes"
     );
 }
+
+/// `wait_replicas`: a publish counts only once a replica confirmed it. With
+/// the replica stopped, the library answers `NotReplicated` (the event is on
+/// the primary; a retry with the same idempotency key appends nothing and
+/// waits again) and the edge's HTTP publish answers 503 `not_replicated`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_waits_for_a_replica() {
+    sluice_tests::init_logs();
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let config = PublisherConfig {
+        wait_replicas: 1,
+        // Generous: the first WAIT after the cluster formed took >300 ms
+        // here (later ones about 1 ms).
+        wait_timeout: Duration::from_millis(2000),
+        ..PublisherConfig::default()
+    };
+    let p = Publisher::connect_with(&url, config)
+        .await
+        .expect("publisher");
+    let task = unique_task("wait");
+    let key = |k: &str| PublishOptions {
+        is_final: false,
+        idempotency_key: Some(k.to_owned()),
+    };
+    let first = p
+        .publish_with(&task, "progress", &json!(1), key("a"))
+        .await
+        .expect("a replica confirms");
+    assert_eq!(first.seq, 1);
+
+    let edge = spawn_edge(&[
+        "--redis-url",
+        &url,
+        "--insecure",
+        "--publish-key",
+        "pk-0123456789",
+        "--wait-replicas",
+        "1",
+        "--wait-timeout-ms",
+        "300",
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        http.post(edge.url(&format!("/v1/tasks/{task}/events")))
+            .bearer_auth("pk-0123456789")
+            .json(&body)
+            .send()
+    };
+
+    let primary = cluster.primary_of_shard(shard_of(&task, DEFAULT_SHARDS));
+    let replica = cluster.replica_of(primary);
+    cluster.signal(replica, true);
+    let err = p
+        .publish_with(&task, "progress", &json!(2), key("b"))
+        .await
+        .expect_err("no replica can confirm");
+    match err {
+        sluice_broker::PublishError::NotReplicated { seq, acked, wanted } => {
+            assert_eq!((seq, acked, wanted), (2, 0, 1));
+        }
+        other => panic!("expected NotReplicated, got {other}"),
+    }
+    let r = post(json!({"type": "progress", "data": 3, "idempotency_key": "c"}))
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.expect("json error");
+    assert_eq!(body["error"], "not_replicated", "{body}");
+    cluster.signal(replica, false);
+
+    // Retried with the same keys once the replica is back: nothing appended
+    // twice, and now confirmed.
+    let mut confirmed = None;
+    for _ in 0..50 {
+        match p.publish_with(&task, "progress", &json!(2), key("b")).await {
+            Ok(r) => {
+                confirmed = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let again = confirmed.expect("confirmed once the replica is back");
+    assert_eq!((again.seq, again.duplicate), (2, true));
+    let r = post(json!({"type": "progress", "data": 3, "idempotency_key": "c"}))
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200, "a duplicate of seq 3");
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["seq"], 3);
+    assert_eq!(body["duplicate"], true);
+}

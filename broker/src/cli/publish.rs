@@ -21,6 +21,14 @@ pub struct PublishArgs {
     /// Idempotency key: a retry with the same key appends nothing.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Replicas that must confirm the event (Redis `WAIT`); fails when fewer
+    /// do within --wait-timeout-ms (the event is then stored on the primary
+    /// only: retry with the same --idempotency-key).
+    #[arg(long, default_value_t = 0)]
+    pub wait_replicas: u32,
+    /// How long to wait for --wait-replicas, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub wait_timeout_ms: u64,
 }
 
 pub async fn run(redis: &RedisArgs, a: PublishArgs) -> anyhow::Result<()> {
@@ -31,6 +39,8 @@ pub async fn run(redis: &RedisArgs, a: PublishArgs) -> anyhow::Result<()> {
     let config = PublisherConfig {
         shards: redis.shards,
         pool_size: 1,
+        wait_replicas: a.wait_replicas,
+        wait_timeout: std::time::Duration::from_millis(a.wait_timeout_ms),
         ..PublisherConfig::default()
     };
     let publisher = Publisher::connect_with(&redis.redis_url, config).await?;
