@@ -278,7 +278,7 @@ impl ClusterPool {
     }
 
     /// Reads the slot map again unless someone did since generation `seen`.
-    /// Asks the primaries it knows first, then the seeds.
+    /// Asks the primaries it knows and the seeds.
     async fn refresh(&self, seen: u64) -> RedisResult<()> {
         let _one = self.inner.refresh.lock().await;
         let old = self.map();
@@ -291,58 +291,81 @@ impl ClusterPool {
                 candidates.push(s.clone());
             }
         }
+        // Ask every candidate at once and take the first answer: a dead
+        // node then costs nothing, where asking in turn would wait out its
+        // connect timeout. The other asks are aborted when `asks` drops.
+        let mut asks = tokio::task::JoinSet::new();
+        for node in candidates {
+            let url = self.inner.url.clone();
+            asks.spawn(async move {
+                let r = slot_map_from(&url, &node).await;
+                (node, r)
+            });
+        }
         let mut last_err = None;
-        for node in &candidates {
-            match slot_map_from(&self.inner.url, node).await {
-                Ok(ranges) if !ranges.is_empty() => {
-                    let mut pools = HashMap::new();
-                    for r in &ranges {
-                        if pools.contains_key(&r.primary) {
-                            continue;
-                        }
-                        let pool = match old.pools.get(&r.primary) {
-                            Some(p) => p.clone(),
-                            None => connect::single_pool(&r.primary, self.inner.pool_size)
-                                .map_err(|e| {
-                                    RedisError::from((
-                                        ErrorKind::InvalidClientConfig,
-                                        "cluster node pool",
-                                        e.to_string(),
-                                    ))
-                                })?,
-                        };
-                        pools.insert(r.primary.clone(), pool);
-                    }
-                    if old.ranges != ranges {
-                        tracing::info!(
-                            primaries = pools.len(),
-                            asked = %connect::redact_url(node),
-                            "Redis Cluster slot map updated"
-                        );
-                    }
-                    let map = Map {
-                        generation: old.generation + 1,
-                        ranges,
-                        pools,
-                    };
-                    *self.inner.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
-                    return Ok(());
+        let mut found = None;
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok((node, Ok(ranges))) if !ranges.is_empty() => {
+                    found = Some((node, ranges));
+                    break;
                 }
-                Ok(_) => {
+                Ok((_, Ok(_))) => {
                     last_err = Some(RedisError::from((
                         ErrorKind::ClusterConnectionNotFound,
                         "a node answered CLUSTER SLOTS with no slots",
                     )))
                 }
-                Err(e) => last_err = Some(e),
+                Ok((_, Err(e))) => last_err = Some(e),
+                Err(e) => {
+                    last_err = Some(RedisError::from((
+                        ErrorKind::Io,
+                        "slot map query",
+                        e.to_string(),
+                    )))
+                }
             }
         }
-        Err(last_err.unwrap_or_else(|| {
-            RedisError::from((
-                ErrorKind::ClusterConnectionNotFound,
-                "no cluster node to ask",
-            ))
-        }))
+        drop(asks);
+        let Some((asked, ranges)) = found else {
+            return Err(last_err.unwrap_or_else(|| {
+                RedisError::from((
+                    ErrorKind::ClusterConnectionNotFound,
+                    "no cluster node to ask",
+                ))
+            }));
+        };
+        let mut pools = HashMap::new();
+        for r in &ranges {
+            if pools.contains_key(&r.primary) {
+                continue;
+            }
+            let pool = match old.pools.get(&r.primary) {
+                Some(p) => p.clone(),
+                None => connect::single_pool(&r.primary, self.inner.pool_size).map_err(|e| {
+                    RedisError::from((
+                        ErrorKind::InvalidClientConfig,
+                        "cluster node pool",
+                        e.to_string(),
+                    ))
+                })?,
+            };
+            pools.insert(r.primary.clone(), pool);
+        }
+        if old.ranges != ranges {
+            tracing::info!(
+                primaries = pools.len(),
+                asked = %connect::redact_url(&asked),
+                "Redis Cluster slot map updated"
+            );
+        }
+        let map = Map {
+            generation: old.generation + 1,
+            ranges,
+            pools,
+        };
+        *self.inner.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        Ok(())
     }
 
     /// The pool of the node a target goes to (refreshing the map once if

@@ -314,9 +314,12 @@ async fn primary_failover_losing_writes_resets_clients() {
     let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "la"]).await;
     let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "lb"]).await;
     let p = Publisher::connect(&url).await.expect("publisher");
-    // Four tasks on the victim's shard, four elsewhere.
+    // Four tasks on the victim primary's shards, four on other primaries.
     let first = unique_task("lw");
-    let victim_shard = shard_of(&first, DEFAULT_SHARDS);
+    let victim = cluster.primary_of_shard(shard_of(&first, DEFAULT_SHARDS));
+    let victim_shards: Vec<u32> = (0..DEFAULT_SHARDS)
+        .filter(|s| cluster.primary_of_shard(*s) == victim)
+        .collect();
     let mut on_victim = vec![first];
     let mut elsewhere = Vec::new();
     for _ in 0..10_000 {
@@ -324,7 +327,7 @@ async fn primary_failover_losing_writes_resets_clients() {
             break;
         }
         let t = unique_task("lw");
-        if shard_of(&t, DEFAULT_SHARDS) == victim_shard {
+        if victim_shards.contains(&shard_of(&t, DEFAULT_SHARDS)) {
             if on_victim.len() < 4 {
                 on_victim.push(t);
             }
@@ -382,7 +385,6 @@ async fn primary_failover_losing_writes_resets_clients() {
         }
     }
 
-    let victim = cluster.primary_of_shard(victim_shard);
     let replica = cluster.replica_of(victim);
     let publish = |t: String, i: u64| {
         let p = p.clone();
@@ -418,7 +420,7 @@ async fn primary_failover_losing_writes_resets_clients() {
             cluster.signal(replica, false);
             killed_at = Some(std::time::Instant::now());
             println!(
-                "lost writes: stopped replica {replica}, killed primary {victim} (shard {victim_shard}) after {LOST_ROUNDS} acknowledged rounds"
+                "lost writes: stopped replica {replica}, killed primary {victim} (shards {victim_shards:?}) after {LOST_ROUNDS} acknowledged rounds"
             );
         }
         for t in &tasks {
@@ -494,13 +496,17 @@ async fn primary_failover_losing_writes_resets_clients() {
         }
     }
     println!(
-        "lost writes: {clients_n} clients; {lost_events} acknowledged events lost on {} tasks; resets: {resets_victim} on those tasks, {resets_other} elsewhere; publishing to the shard again {:.2}s after the kill",
+        "lost writes: {clients_n} clients; {lost_events} acknowledged events lost on {} tasks; resets: {resets_victim} on those tasks, {resets_other} on other primaries' tasks; publishing to the victim's slots again {:.2}s after the kill",
         on_victim.len(),
         back_after.unwrap_or_default().as_secs_f64()
     );
     assert!(
         lost_events > 0,
         "the scenario must lose acknowledged writes"
+    );
+    assert_eq!(
+        resets_other, 0,
+        "tasks on the other primaries lost nothing and must not be reset"
     );
 }
 
