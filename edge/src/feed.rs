@@ -31,7 +31,9 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long a cancelled read may take to return after `CLIENT UNBLOCK`.
 const UNBLOCK_SLACK: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Kept short: after a failover the reader should attach to the promoted
+/// primary within a couple of seconds of it serving.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct FeedSettings {
