@@ -462,13 +462,17 @@ fn pool_error(e: deadpool_redis::PoolError) -> RedisError {
     }
 }
 
+fn is_redirect(code: &str) -> bool {
+    matches!(
+        code,
+        "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING"
+    )
+}
+
 /// A redirect or a cluster that is not serving yet: the command did not
 /// run and may be sent again once the map is fresh.
 fn retryable(e: &RedisError) -> bool {
-    matches!(
-        e.code(),
-        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING")
-    ) || e.is_connection_refusal()
+    e.code().is_some_and(is_redirect) || e.is_connection_refusal()
 }
 
 fn needs_refresh(e: &RedisError) -> bool {
@@ -508,7 +512,20 @@ impl ConnectionLike for ClusterConn {
         Box::pin(async move {
             self.pool
                 .run(target, move |mut conn| {
-                    Box::pin(async move { conn.req_packed_commands(pipeline, offset, count).await })
+                    Box::pin(async move {
+                        let values = conn.req_packed_commands(pipeline, offset, count).await?;
+                        // A pipeline that ignores errors gets them as values:
+                        // a redirect there means the slot moved (all of a
+                        // one-slot pipeline was refused), so surface it to be
+                        // routed again.
+                        if let Some(Value::ServerError(e)) = values
+                            .iter()
+                            .find(|v| matches!(v, Value::ServerError(e) if is_redirect(e.code())))
+                        {
+                            return Err(RedisError::from(e.clone()));
+                        }
+                        Ok(values)
+                    })
                 })
                 .await
         })

@@ -16,5 +16,7 @@ pub mod publisher;
 pub mod reader;
 pub mod token;
 
-pub use publisher::{PublishError, PublishOptions, Published, Publisher, PublisherConfig};
+pub use publisher::{
+    Outgoing, PublishError, PublishOptions, Published, Publisher, PublisherConfig,
+};
 pub use reader::ReadError;

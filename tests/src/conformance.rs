@@ -221,3 +221,89 @@ pub async fn conformance(store: Arc<dyn Store>) {
         .expect("feed stops on cancel")
         .expect("feed task");
 }
+
+/// The contract of [`Publisher::publish_batch`], on whatever Redis the
+/// publisher points at (one Redis or a cluster): one result per event in
+/// order, per-task order kept across shards, failures in place, retries
+/// with idempotency keys deduplicated, the history as published.
+pub async fn publish_batch_contract(p: &sluice_broker::Publisher) {
+    use sluice_broker::{Outgoing, PublishError, PublishOptions};
+    use sluice_shared::{codec, TaskId};
+
+    let tasks: Vec<TaskId> = (0..6)
+        .map(|_| TaskId::parse(&crate::unique_task("batch")).expect("id"))
+        .collect();
+    let closed = TaskId::parse(&crate::unique_task("batch-closed")).expect("id");
+    p.finish(closed.as_str(), "done", &serde_json::json!(null))
+        .await
+        .expect("close a task");
+    let data: Vec<Vec<u8>> = (0..5)
+        .map(|i| codec::encode_data(&serde_json::json!({ "i": i })).expect("encode"))
+        .collect();
+    let mut batch = Vec::new();
+    for (i, d) in data.iter().enumerate() {
+        for t in &tasks {
+            batch.push(Outgoing {
+                task: t,
+                kind: "progress",
+                data: d,
+                opts: PublishOptions {
+                    is_final: false,
+                    idempotency_key: Some(format!("k{i}")),
+                },
+            });
+        }
+    }
+    let bad = codec::encode_data(&serde_json::json!(1)).expect("encode");
+    batch.push(Outgoing {
+        task: &tasks[0],
+        kind: "bad type!",
+        data: &bad,
+        opts: PublishOptions::default(),
+    });
+    batch.push(Outgoing {
+        task: &closed,
+        kind: "progress",
+        data: &bad,
+        opts: PublishOptions::default(),
+    });
+    let results = p.publish_batch(&batch).await;
+    assert_eq!(results.len(), batch.len(), "one result per event");
+    for (n, r) in results.iter().take(30).enumerate() {
+        let want_seq = (n / tasks.len()) as u64 + 1;
+        match r {
+            Ok(pb) => assert_eq!((pb.seq, pb.duplicate), (want_seq, false), "event {n}"),
+            Err(e) => panic!("event {n} failed: {e}"),
+        }
+    }
+    assert!(
+        matches!(results[30], Err(PublishError::InvalidType(_))),
+        "{:?}",
+        results[30]
+    );
+    assert!(
+        matches!(results[31], Err(PublishError::Closed(_))),
+        "{:?}",
+        results[31]
+    );
+
+    // A retried batch appends nothing: the same seqs, marked duplicates.
+    let again = p.publish_batch(&batch[..30]).await;
+    for (n, r) in again.iter().enumerate() {
+        let pb = r.as_ref().expect("retry answered");
+        assert_eq!((pb.seq, pb.duplicate), ((n / tasks.len()) as u64 + 1, true));
+    }
+
+    // Stored in batch order, data intact.
+    let mut conn = p.pool().get().await.expect("conn");
+    for t in &tasks {
+        let h = sluice_broker::reader::history(&mut conn, t, p.config().shards, 0, 100)
+            .await
+            .expect("history");
+        let got: Vec<(u64, serde_json::Value)> = h.into_iter().map(|e| (e.seq, e.data)).collect();
+        let want: Vec<(u64, serde_json::Value)> = (0..5)
+            .map(|i| (i as u64 + 1, serde_json::json!({ "i": i })))
+            .collect();
+        assert_eq!(got, want, "{t}");
+    }
+}

@@ -56,6 +56,8 @@ pub struct LoadConfig {
     /// Events/s in total (0: as fast as possible).
     pub rate: u64,
     pub publish_concurrency: usize,
+    /// Events per `publish_batch` call (1: one `publish` per event).
+    pub publish_batch: usize,
     pub payload_bytes: usize,
     pub shards: u32,
     /// Publisher log cap (≥ the backlog for catch-up runs).
@@ -82,6 +84,7 @@ impl LoadConfig {
             duration: Duration::from_secs(5),
             rate: 0,
             publish_concurrency: 16,
+            publish_batch: 1,
             payload_bytes: 64,
             shards: sluice_shared::DEFAULT_SHARDS,
             log_cap: sluice_broker::publisher::DEFAULT_LOG_CAP,
@@ -130,6 +133,7 @@ pub async fn run(cfg: &LoadConfig) -> anyhow::Result<Report> {
         last_seq: Arc::new((0..cfg.tasks).map(|_| AtomicU64::new(0)).collect()),
         data: Arc::new(sluice_shared::codec::encode_data(&payload)?),
         concurrency: cfg.publish_concurrency,
+        batch: cfg.publish_batch.max(1),
     };
     let bar = progress_bar(cfg.progress);
     let ticker = spawn_ticker(bar.clone(), stats.clone(), cfg.connections);

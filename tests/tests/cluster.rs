@@ -30,6 +30,14 @@ async fn cluster_store_conforms() {
 }
 
 #[tokio::test]
+async fn publish_batch_on_cluster() {
+    sluice_tests::init_logs();
+    let cluster = RedisCluster::start();
+    let p = Publisher::connect(&cluster.url()).await.expect("publisher");
+    sluice_tests::conformance::publish_batch_contract(&p).await;
+}
+
+#[tokio::test]
 async fn exact_resume_across_nodes_on_cluster() {
     sluice_tests::init_logs();
     let cluster = RedisCluster::start();

@@ -60,6 +60,10 @@ struct Args {
     /// Concurrent publishes in flight.
     #[arg(long, default_value_t = 16)]
     publish_concurrency: usize,
+    /// Events per publish call: above 1, each worker sends them with
+    /// `Publisher::publish_batch` (one pipeline per shard).
+    #[arg(long, default_value_t = 1)]
+    publish_batch: usize,
     /// Bytes of padding in each event's data.
     #[arg(long, default_value_t = 64)]
     payload: usize,
@@ -175,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
     cfg.duration = Duration::from_secs_f64(args.duration.max(0.0));
     cfg.rate = args.rate;
     cfg.publish_concurrency = args.publish_concurrency.max(1);
+    cfg.publish_batch = args.publish_batch.max(1);
     cfg.payload_bytes = args.payload;
     cfg.shards = args.shards;
     cfg.log_cap = args.log_cap.max(args.backlog);

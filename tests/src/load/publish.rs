@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::publisher::PublishOptions;
-use sluice_broker::Publisher;
+use sluice_broker::{Outgoing, Publisher};
 use sluice_shared::TaskId;
 use tokio::time::Instant;
 
@@ -21,6 +21,8 @@ pub struct Plan {
     /// MessagePack `data` of every event.
     pub data: Arc<Vec<u8>>,
     pub concurrency: usize,
+    /// Events per publish call (`publish_batch` when above 1).
+    pub batch: usize,
 }
 
 /// How long and how fast.
@@ -43,6 +45,7 @@ pub async fn run(publisher: &Publisher, plan: &Plan, pace: Pace, stats: &Arc<Sta
         let last_seq = plan.last_seq.clone();
         let data = plan.data.clone();
         let stats = stats.clone();
+        let batch = plan.batch;
         workers.spawn(async move {
             // Worker w publishes the w-th, (w+n)-th ... event of the round
             // robin over all tasks, so every worker is busy whatever the
@@ -64,6 +67,7 @@ pub async fn run(publisher: &Publisher, plan: &Plan, pace: Pace, stats: &Arc<Sta
                     (rate > 0).then(|| Duration::from_secs_f64(n as f64 / rate as f64)),
                 ),
             };
+            let batch = batch.max(1) as u64;
             let mut i = 0u64;
             while i < limit {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -72,22 +76,42 @@ pub async fn run(publisher: &Publisher, plan: &Plan, pace: Pace, stats: &Arc<Sta
                 if let Some(iv) = interval {
                     tokio::time::sleep_until(start + iv.mul_f64(i as f64)).await;
                 }
-                let t = ((w as u64 + i * n as u64) % total_tasks) as usize;
-                match publisher
-                    .publish_encoded(&tasks[t], "load", &data, &opts)
-                    .await
-                {
-                    Ok(p) => {
-                        last_seq[t].fetch_max(p.seq, Ordering::Relaxed);
-                        stats.published.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        if stats.publish_errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                            tracing::warn!(cause = %e, "publish failed");
+                let take = batch.min(limit - i);
+                let picks: Vec<usize> = (i..i + take)
+                    .map(|k| ((w as u64 + k * n as u64) % total_tasks) as usize)
+                    .collect();
+                let results = if take == 1 {
+                    vec![
+                        publisher
+                            .publish_encoded(&tasks[picks[0]], "load", &data, &opts)
+                            .await,
+                    ]
+                } else {
+                    let events: Vec<Outgoing<'_>> = picks
+                        .iter()
+                        .map(|&t| Outgoing {
+                            task: &tasks[t],
+                            kind: "load",
+                            data: &data,
+                            opts: opts.clone(),
+                        })
+                        .collect();
+                    publisher.publish_batch(&events).await
+                };
+                for (t, r) in picks.iter().zip(results) {
+                    match r {
+                        Ok(p) => {
+                            last_seq[*t].fetch_max(p.seq, Ordering::Relaxed);
+                            stats.published.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if stats.publish_errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                tracing::warn!(cause = %e, "publish failed");
+                            }
                         }
                     }
                 }
-                i += 1;
+                i += take;
             }
         });
     }
