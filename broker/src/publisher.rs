@@ -313,8 +313,8 @@ impl Publisher {
         Ok(cmd)
     }
 
-    /// Publishes a batch of MessagePack-encoded events with one round trip
-    /// per shard (a pipeline of `FCALL`s; on a cluster, one per shard, sent
+    /// Publishes a batch of MessagePack-encoded events in one round trip (a
+    /// pipeline of `FCALL`s; on a cluster, one pipeline per shard, sent
     /// concurrently). Answers one result per event, in order. Events of one
     /// task are appended in batch order; an event that fails (closed task,
     /// invalid input) does not stop the others. With `wait_replicas`, each
@@ -329,16 +329,20 @@ impl Publisher {
     ) -> Vec<Result<Published, PublishError>> {
         let mut out: Vec<Option<Result<Published, PublishError>>> =
             (0..events.len()).map(|_| None).collect();
-        // Valid events grouped by shard: every key of a shard shares a slot.
+        // Valid events in one pipeline on one Redis; on a cluster, one per
+        // shard (every key of a shard shares a slot, so a shard's pipeline
+        // goes to one primary).
+        let cluster = self.pool.is_cluster();
         let mut groups: std::collections::BTreeMap<u32, Vec<(usize, redis::Cmd)>> =
             std::collections::BTreeMap::new();
         for (i, ev) in events.iter().enumerate() {
             match self.fcall(ev.task, ev.kind, ev.data, &ev.opts) {
                 Ok(cmd) => groups
-                    .entry(sluice_shared::shard_of(
-                        ev.task.as_str(),
-                        self.config.shards,
-                    ))
+                    .entry(if cluster {
+                        sluice_shared::shard_of(ev.task.as_str(), self.config.shards)
+                    } else {
+                        0
+                    })
                     .or_default()
                     .push((i, cmd)),
                 Err(e) => out[i] = Some(Err(e)),
