@@ -229,48 +229,14 @@ impl Publisher {
         opts: &PublishOptions,
     ) -> Result<Published, PublishError> {
         let cmd = self.fcall(task, kind, data, opts)?;
-        // Bounded: a cluster connection retries through a failover by itself,
-        // but a caller must get an answer (and retry with its idempotency
-        // key) rather than wait without end.
-        // With `wait_replicas`, the FCALL and a `WAIT` go in one pipeline:
-        // one connection to the task's primary, so the WAIT covers the write.
-        let wanted = self.config.wait_replicas;
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd.clone());
-        if wanted > 0 {
-            pipe.cmd("WAIT")
-                .arg(wanted)
-                .arg(self.config.wait_timeout.as_millis() as u64);
-        }
-        let call = async {
-            let mut conn = self.pool.get().await?;
-            let reply = match send(&mut conn, &cmd, &pipe, wanted).await {
-                Err(e) if function::is_missing(&e) => {
-                    // Redis lost its functions (restart without persistence).
-                    tracing::warn!("sluice_publish missing on Redis; loading it again");
-                    function::load(&mut conn).await?;
-                    send(&mut conn, &cmd, &pipe, wanted).await
-                }
-                other => other,
-            };
-            Ok::<_, PublishError>(reply)
-        };
-        let limit = connect::DEFAULT_RESPONSE_TIMEOUT * 2 + self.config.wait_timeout;
-        let reply = match tokio::time::timeout(limit, call).await {
-            Ok(r) => r?,
-            Err(_) => return Err(PublishError::Pool("Redis did not answer in time".into())),
-        };
-        match reply {
-            Ok(((seq, _, _), acked)) if acked < wanted => {
-                Err(PublishError::NotReplicated { seq, acked, wanted })
-            }
-            Ok(((seq, ts, dup), _)) => Ok(Published {
-                seq,
-                ts,
-                duplicate: dup == 1,
-            }),
-            Err(e) => Err(classify(task, e)),
-        }
+        let (mut replies, acked) = self.send_group(&[(0, cmd)]).await?;
+        let reply = replies.pop().unwrap_or_else(|| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no reply to the publish",
+            )))
+        });
+        self.answer(task, reply, acked)
     }
 }
 
@@ -356,22 +322,7 @@ impl Publisher {
             match answers {
                 Ok((replies, acked)) => {
                     for ((i, _), reply) in group.iter().zip(replies) {
-                        let task = events[*i].task;
-                        out[*i] = Some(match reply {
-                            Ok((seq, _, _)) if acked < self.config.wait_replicas => {
-                                Err(PublishError::NotReplicated {
-                                    seq,
-                                    acked,
-                                    wanted: self.config.wait_replicas,
-                                })
-                            }
-                            Ok((seq, ts, dup)) => Ok(Published {
-                                seq,
-                                ts,
-                                duplicate: dup == 1,
-                            }),
-                            Err(e) => Err(classify(task, e)),
-                        });
+                        out[*i] = Some(self.answer(events[*i].task, reply, acked));
                     }
                 }
                 Err(e) => {
@@ -387,8 +338,33 @@ impl Publisher {
             .collect()
     }
 
-    /// One shard's pipeline: every FCALL's reply (errors in place) and the
-    /// replicas that confirmed them (when `wait_replicas` > 0).
+    /// The answer to one event from its FCALL reply and the replicas that
+    /// confirmed it.
+    fn answer(
+        &self,
+        task: &TaskId,
+        reply: redis::RedisResult<(u64, i64, u8)>,
+        acked: u32,
+    ) -> Result<Published, PublishError> {
+        let wanted = self.config.wait_replicas;
+        match reply {
+            Ok((seq, _, _)) if acked < wanted => {
+                Err(PublishError::NotReplicated { seq, acked, wanted })
+            }
+            Ok((seq, ts, dup)) => Ok(Published {
+                seq,
+                ts,
+                duplicate: dup == 1,
+            }),
+            Err(e) => Err(classify(task, e)),
+        }
+    }
+
+    /// One pipeline (one event, a batch, or a cluster shard's part of it):
+    /// every FCALL's reply (errors in place) and the replicas that confirmed
+    /// them (when `wait_replicas` > 0: a `WAIT` on the same connection, so
+    /// it covers these writes). Bounded in time: a caller must get an answer
+    /// (and retry with its idempotency key) rather than wait without end.
     async fn send_group(
         &self,
         group: &[(usize, redis::Cmd)],
@@ -450,22 +426,6 @@ pub struct Outgoing<'a> {
     /// MessagePack-encoded data (`sluice_shared::codec::encode_data`).
     pub data: &'a [u8],
     pub opts: PublishOptions,
-}
-
-/// Sends the publish (alone, or with its `WAIT` when replicas are wanted);
-/// answers the function's reply and the replicas that confirmed it.
-async fn send(
-    conn: &mut connect::PooledConn,
-    cmd: &redis::Cmd,
-    pipe: &redis::Pipeline,
-    wanted: u32,
-) -> redis::RedisResult<((u64, i64, u8), u32)> {
-    if wanted == 0 {
-        let r: (u64, i64, u8) = cmd.query_async(conn).await?;
-        Ok((r, 0))
-    } else {
-        pipe.query_async(conn).await
-    }
 }
 
 fn classify(task: &TaskId, e: redis::RedisError) -> PublishError {

@@ -41,17 +41,7 @@ pub struct Event {
 
 impl Event {
     pub fn from_stored(ev: &StoredEvent) -> Arc<Event> {
-        let json = ev.envelope_json();
-        let sse = sse_frame(ev.seq, &ev.kind, &json);
-        Arc::new(Event {
-            seq: ev.seq,
-            is_final: ev.is_final,
-            is_reset: false,
-            ts: ev.ts,
-            digest: digest(&json),
-            sse,
-            json: Bytes::from(json),
-        })
+        Event::encode(ev, ev.ts, true)
     }
 
     /// The latest event of a snapshot, sent first to a subscriber with no
@@ -59,30 +49,27 @@ impl Event {
     /// read from the log, so it carries no fingerprint (digest 0): a later
     /// lost-writes check must not compare it with the log's bytes.
     pub fn from_snapshot(ev: &StoredEvent) -> Arc<Event> {
-        let live = Event::from_stored(ev);
-        Arc::new(Event {
-            seq: live.seq,
-            is_final: live.is_final,
-            is_reset: false,
-            ts: 0,
-            digest: 0,
-            sse: live.sse.clone(),
-            json: live.json.clone(),
-        })
+        Event::encode(ev, 0, false)
     }
 
-    /// An event read back from history or the snapshot: same bytes, but not
-    /// counted in the live delivery-latency histogram (`ts` 0).
+    /// An event read back from history: same bytes, but not counted in the
+    /// live delivery-latency histogram (`ts` 0).
     pub fn from_history(ev: &StoredEvent) -> Arc<Event> {
-        let live = Event::from_stored(ev);
+        Event::encode(ev, 0, true)
+    }
+
+    /// Encodes once: the SSE frame and the JSON envelope share the bytes.
+    fn encode(ev: &StoredEvent, ts: i64, fingerprint: bool) -> Arc<Event> {
+        let json = ev.envelope_json();
+        let sse = sse_frame(ev.seq, &ev.kind, &json);
         Arc::new(Event {
-            seq: live.seq,
-            is_final: live.is_final,
+            seq: ev.seq,
+            is_final: ev.is_final,
             is_reset: false,
-            ts: 0,
-            digest: live.digest,
-            sse: live.sse.clone(),
-            json: live.json.clone(),
+            ts,
+            digest: if fingerprint { digest(&json) } else { 0 },
+            sse,
+            json: Bytes::from(json),
         })
     }
 

@@ -352,68 +352,35 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use crate::store::FeedSink;
 
-    /// A memory store where a publish lands right before the next snapshot
-    /// read: the interleaving that made a caught-up subscriber look like it
-    /// had lost events.
-    struct RacyStore {
-        inner: MemoryStore,
+    /// A memory store with two faults to inject: `race` makes a publish land
+    /// right before the next snapshot read (the interleaving that made a
+    /// caught-up subscriber look like it had lost events); `swap` replaces
+    /// the backend by another holding different events under the same seqs
+    /// (Redis after it lost acknowledged writes and renumbered new events).
+    struct FaultyStore {
+        inner: std::sync::Mutex<MemoryStore>,
         race: AtomicBool,
     }
 
-    #[async_trait]
-    impl Store for RacyStore {
-        fn kind(&self) -> &'static str {
-            "memory"
+    impl FaultyStore {
+        fn new() -> Arc<Self> {
+            Arc::new(FaultyStore {
+                inner: std::sync::Mutex::new(MemoryStore::new(PublisherConfig::default())),
+                race: AtomicBool::new(false),
+            })
         }
-        async fn publish(
-            &self,
-            task: &TaskId,
-            kind: &str,
-            data: &Value,
-            opts: &PublishOptions,
-        ) -> Result<Published, StoreError> {
-            self.inner.publish(task, kind, data, opts).await
-        }
-        async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
-            if self.race.swap(false, Ordering::AcqRel) {
-                let opts = PublishOptions::default();
-                self.inner
-                    .publish(task, "progress", &json!({"racing": true}), &opts)
-                    .await?;
-            }
-            self.inner.snapshot(task).await
-        }
-        async fn history(
-            &self,
-            task: &TaskId,
-            after: Seq,
-            limit: usize,
-        ) -> Result<Vec<StoredEvent>, StoreError> {
-            self.inner.history(task, after, limit).await
-        }
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn run_feed(&self, sink: Arc<dyn FeedSink>, cancel: CancellationToken) {
-            self.inner.run_feed(sink, cancel).await
-        }
-    }
 
-    /// A store whose backend can be replaced by another holding different
-    /// events under the same seqs: Redis after it lost acknowledged writes
-    /// and renumbered new events.
-    struct SwappableStore {
-        inner: std::sync::Mutex<MemoryStore>,
-    }
-
-    impl SwappableStore {
         fn current(&self) -> MemoryStore {
             self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
         }
+
+        fn swap(&self, other: MemoryStore) {
+            *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = other;
+        }
     }
 
     #[async_trait]
-    impl Store for SwappableStore {
+    impl Store for FaultyStore {
         fn kind(&self) -> &'static str {
             "memory"
         }
@@ -427,6 +394,12 @@ mod tests {
             self.current().publish(task, kind, data, opts).await
         }
         async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError> {
+            if self.race.swap(false, Ordering::AcqRel) {
+                let opts = PublishOptions::default();
+                self.current()
+                    .publish(task, "progress", &json!({"racing": true}), &opts)
+                    .await?;
+            }
             self.current().snapshot(task).await
         }
         async fn history(
@@ -448,9 +421,7 @@ mod tests {
     #[tokio::test]
     async fn renumbered_events_after_lost_writes_are_announced_with_a_reset() {
         use crate::store::FeedSink as _;
-        let store = Arc::new(SwappableStore {
-            inner: std::sync::Mutex::new(MemoryStore::new(PublisherConfig::default())),
-        });
+        let store = FaultyStore::new();
         let task = TaskId::parse("renumbered-1").expect("valid id");
         let opts = PublishOptions::default();
         for i in 0..5 {
@@ -495,7 +466,7 @@ mod tests {
                 .await
                 .expect("publish");
         }
-        *store.inner.lock().expect("lock") = renumbered;
+        store.swap(renumbered);
         // The node notices (feed went back, reconnect) and re-syncs.
         hub.resync();
         let ev = sub.next().await.expect("next").expect("an event");
@@ -562,10 +533,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_publish_racing_the_caught_up_check_is_delivered_not_reset() {
-        let store = Arc::new(RacyStore {
-            inner: MemoryStore::new(PublisherConfig::default()),
-            race: AtomicBool::new(false),
-        });
+        let store = FaultyStore::new();
         let task = TaskId::parse("race-1").expect("valid id");
         let opts = PublishOptions::default();
         for i in 0..4 {
