@@ -419,7 +419,7 @@ impl ClusterPool {
                     Ok(c) => c,
                     Err(e) => {
                         // Never sent: safe to retry after a refresh.
-                        failure = Some((true, pool_error(e)));
+                        failure = Some((true, connect::pool_error(e)));
                         break;
                     }
                 };
@@ -453,13 +453,6 @@ fn no_primary(slot: u16) -> RedisError {
         "no primary serves the slot",
         slot.to_string(),
     ))
-}
-
-fn pool_error(e: deadpool_redis::PoolError) -> RedisError {
-    match e {
-        deadpool_redis::PoolError::Backend(e) => e,
-        other => RedisError::from((ErrorKind::Io, "cluster node pool", other.to_string())),
-    }
 }
 
 fn is_redirect(code: &str) -> bool {

@@ -176,6 +176,15 @@ pub fn pool(url: &str, size: usize) -> Result<RedisPool, ConnectError> {
     single_pool(url, size).map(RedisPool::Single)
 }
 
+/// A pool error as a Redis error (the backend's own error when there is one),
+/// for callers that handle both alike.
+pub fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+    match e {
+        deadpool_redis::PoolError::Backend(e) => e,
+        other => redis::RedisError::from((redis::ErrorKind::Io, "Redis pool", other.to_string())),
+    }
+}
+
 /// A pool of connections to one Redis node.
 pub fn single_pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
     init_tls();

@@ -395,7 +395,7 @@ impl Control {
     async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<Value> {
         match self {
             Control::Pool(pool) => {
-                let mut conn = pool.get().await.map_err(pool_error)?;
+                let mut conn = pool.get().await.map_err(connect::pool_error)?;
                 cmd.query_async(&mut conn).await
             }
             Control::Node(conn) => cmd.query_async(conn).await,
@@ -418,13 +418,6 @@ impl Control {
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("UNBLOCK").arg(id);
         let _ = self.query(&cmd).await;
-    }
-}
-
-fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
-    match e {
-        deadpool_redis::PoolError::Backend(e) => e,
-        other => redis::RedisError::from((redis::ErrorKind::Io, "Redis pool", other.to_string())),
     }
 }
 

@@ -418,6 +418,24 @@ mod tests {
         }
     }
 
+    /// Opens a subscription on a fresh hub; the task must not be finished.
+    async fn open(
+        store: Arc<dyn Store>,
+        task: &TaskId,
+        start: Start,
+        page: usize,
+    ) -> (Subscription, Arc<Hub>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(16, metrics.clone());
+        let opening = Subscription::open(&hub, store, metrics.clone(), task.clone(), start, page)
+            .await
+            .expect("open");
+        let Opening::Stream(sub) = opening else {
+            panic!("task is open");
+        };
+        (sub, hub, metrics)
+    }
+
     #[tokio::test]
     async fn renumbered_events_after_lost_writes_are_announced_with_a_reset() {
         use crate::store::FeedSink as _;
@@ -435,20 +453,7 @@ mod tests {
                 .await
                 .expect("publish");
         }
-        let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(16, metrics.clone());
-        let Opening::Stream(mut sub) = Subscription::open(
-            &hub,
-            store.clone(),
-            metrics.clone(),
-            task.clone(),
-            Start::After(0),
-            100,
-        )
-        .await
-        .expect("open") else {
-            panic!("task is open");
-        };
+        let (mut sub, hub, metrics) = open(store.clone(), &task, Start::After(0), 100).await;
         for want in 1..=5 {
             let ev = sub.next().await.expect("next").expect("an event");
             assert_eq!(ev.seq, want);
@@ -496,20 +501,7 @@ mod tests {
                 .await
                 .expect("publish");
         }
-        let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(16, metrics.clone());
-        let Opening::Stream(mut sub) = Subscription::open(
-            &hub,
-            store.clone(),
-            metrics.clone(),
-            task.clone(),
-            Start::Latest,
-            100,
-        )
-        .await
-        .expect("open") else {
-            panic!("task is open");
-        };
+        let (mut sub, hub, metrics) = open(store.clone(), &task, Start::Latest, 100).await;
         assert_eq!(sub.next().await.expect("next").expect("snapshot").seq, 3);
         hub.resync();
         store
@@ -542,22 +534,8 @@ mod tests {
                 .await
                 .expect("publish");
         }
-        let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(16, metrics.clone());
         // Pages of 2: [1,2], [3,4], then an empty page and the caught-up check.
-        let opening = Subscription::open(
-            &hub,
-            store.clone(),
-            metrics.clone(),
-            task.clone(),
-            Start::After(0),
-            2,
-        )
-        .await
-        .expect("open");
-        let Opening::Stream(mut sub) = opening else {
-            panic!("task is open");
-        };
+        let (mut sub, _hub, metrics) = open(store.clone(), &task, Start::After(0), 2).await;
         store.race.store(true, Ordering::Release);
         let mut seqs = Vec::new();
         for _ in 0..5 {
