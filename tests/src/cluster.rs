@@ -50,9 +50,29 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 impl RedisCluster {
+    /// Starts a cluster. Ports are only checked free before `redis-server`
+    /// binds them, so another process may take one in between: a node that
+    /// does not come up as our own process is a lost race, and the whole
+    /// start is retried on other ports (up to 5 times).
     pub fn start() -> RedisCluster {
+        let mut last_error = String::new();
+        for attempt in 1..=5 {
+            match RedisCluster::try_start() {
+                Ok(c) => return c,
+                Err(e) => {
+                    eprintln!(
+                        "cluster start attempt {attempt} failed: {e}; retrying on other ports"
+                    );
+                    last_error = e;
+                }
+            }
+        }
+        panic!("could not start a Redis Cluster: {last_error}");
+    }
+
+    fn try_start() -> Result<RedisCluster, String> {
         let dir = std::env::temp_dir().join(format!("sluice-cluster-{}", crate::unique_task("c")));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cluster dir: {e}"))?;
         let ports = pick_ports();
         let mut nodes = Vec::new();
         for &port in &ports {
@@ -84,11 +104,30 @@ impl RedisCluster {
                 child: Some(child),
             });
         }
-        let cluster = RedisCluster { nodes, dir };
-        for &port in &ports {
-            wait("node up", Duration::from_secs(10), || {
-                cli(port, &["PING"]).is_some_and(|s| s.contains("PONG"))
-            });
+        // From here, dropping `cluster` kills what was started.
+        let mut cluster = RedisCluster { nodes, dir };
+        for node in &mut cluster.nodes {
+            let pid = node.child.as_ref().map(Child::id).unwrap_or(0);
+            let port = node.port;
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                // Our process answers on its port (not another one that
+                // took the port first).
+                let want = format!("process_id:{pid}");
+                let ours = cli(port, &["INFO", "server"])
+                    .is_some_and(|s| s.lines().any(|l| l.trim() == want));
+                if ours {
+                    break;
+                }
+                let exited = node
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                if exited || Instant::now() > end {
+                    return Err(format!("node on port {port} did not come up (port taken?)"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let out = Command::new("redis-cli")
@@ -98,11 +137,12 @@ impl RedisCluster {
             .args(["--cluster-replicas", "1", "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
         for &port in &ports {
             wait("cluster ok", Duration::from_secs(30), || {
                 cli(port, &["CLUSTER", "INFO"]).is_some_and(|s| s.contains("cluster_state:ok"))
@@ -112,7 +152,7 @@ impl RedisCluster {
         wait("replicas attached", Duration::from_secs(30), || {
             cluster.replica_count() == 3
         });
-        cluster
+        Ok(cluster)
     }
 
     /// `redis+cluster://` URL with every node as a seed.

@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::producer::mark_of;
 use crate::DeliveryLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,13 +294,13 @@ impl Client {
             }
             while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
                 let raw = buf.split_to(pos + 2);
-                if let Some((seq, reset, is_final)) = parse_sse(&raw[..pos]) {
+                if let Some(f) = parse_sse(&raw[..pos]) {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
-                    if reset {
-                        r.log.reset(seq);
+                    if f.reset {
+                        r.log.marked_reset(f.seq, f.mark);
                     } else {
-                        r.log.event(seq);
-                        if is_final {
+                        r.log.marked_event(f.seq, f.mark);
+                        if f.is_final {
                             return Outcome::Finished;
                         }
                     }
@@ -341,9 +342,12 @@ impl Client {
                     let seq = v["seq"].as_u64().unwrap_or(0);
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
                     if v["type"] == "sluice.reset" {
-                        r.log.reset(seq);
+                        // The data is the snapshot; its latest event holds
+                        // the mark.
+                        r.log
+                            .marked_reset(seq, mark_of(&v["data"]["latest"]["data"]));
                     } else {
-                        r.log.event(seq);
+                        r.log.marked_event(seq, mark_of(&v["data"]));
                         if v["final"] == true {
                             return Outcome::Finished;
                         }
@@ -364,9 +368,20 @@ impl Client {
     }
 }
 
-/// `(seq, is_reset, is_final)` of an SSE frame carrying data; `None` for
-/// heartbeats and `retry:`-only frames.
-fn parse_sse(raw: &[u8]) -> Option<(u64, bool, bool)> {
+/// What a client takes from one SSE frame.
+#[derive(Debug, PartialEq, Eq)]
+struct Frame {
+    seq: u64,
+    reset: bool,
+    is_final: bool,
+    /// The producer's mark (`data.mark` of the envelope; of the snapshot's
+    /// latest event for a reset).
+    mark: Option<u64>,
+}
+
+/// The frame of an SSE block carrying data; `None` for heartbeats and
+/// `retry:`-only blocks.
+fn parse_sse(raw: &[u8]) -> Option<Frame> {
     let text = std::str::from_utf8(raw).ok()?;
     let (mut id, mut event, mut data) = (None, None, None);
     for line in text.lines() {
@@ -378,11 +393,19 @@ fn parse_sse(raw: &[u8]) -> Option<(u64, bool, bool)> {
             data = Some(v);
         }
     }
-    let data = data?;
+    let data: serde_json::Value = serde_json::from_str(data?).ok()?;
     let reset = event == Some("sluice.reset");
-    // The envelope is compact JSON and ends with its `final` field.
-    let is_final = !reset && data.ends_with("\"final\":true}");
-    Some((id?, reset, is_final))
+    let (is_final, mark) = if reset {
+        (false, mark_of(&data["latest"]["data"]))
+    } else {
+        (data["final"] == true, mark_of(&data["data"]))
+    };
+    Some(Frame {
+        seq: id?,
+        reset,
+        is_final,
+        mark,
+    })
 }
 
 /// Sleeps for one stream's churn lifetime (forever without churn).
@@ -407,21 +430,34 @@ fn rand_ms(max: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_sse;
+    use super::{parse_sse, Frame};
+
+    fn frame(seq: u64, reset: bool, is_final: bool, mark: Option<u64>) -> Option<Frame> {
+        Some(Frame {
+            seq,
+            reset,
+            is_final,
+            mark,
+        })
+    }
 
     #[test]
     fn sse_frames() {
         assert_eq!(
-            parse_sse(b"id: 3\nevent: progress\ndata: {\"seq\":3,\"final\":false}"),
-            Some((3, false, false))
+            parse_sse(
+                b"id: 3\nevent: progress\ndata: {\"seq\":3,\"data\":{\"mark\":7},\"final\":false}"
+            ),
+            frame(3, false, false, Some(7))
         );
         assert_eq!(
             parse_sse(b"id: 9\nevent: done\ndata: {\"seq\":9,\"final\":true}"),
-            Some((9, false, true))
+            frame(9, false, true, None)
         );
         assert_eq!(
-            parse_sse(b"id: 2\nevent: sluice.reset\ndata: {\"seq\":2}"),
-            Some((2, true, false))
+            parse_sse(
+                b"id: 2\nevent: sluice.reset\ndata: {\"seq\":2,\"latest\":{\"data\":{\"mark\":4}}}"
+            ),
+            frame(2, true, false, Some(4))
         );
         assert_eq!(parse_sse(b": hb"), None);
         assert_eq!(parse_sse(b"retry: 1500"), None);

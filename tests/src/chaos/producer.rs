@@ -3,11 +3,15 @@
 //! `interval`, through whatever the scenario does to Redis.
 //!
 //! A publish that fails is retried with the same idempotency key until Redis
-//! answers, so a reply lost in a fault never turns into a duplicate. What
-//! Redis acknowledged is recorded per task as *epochs*: a seq at or below the
-//! previous one means Redis lost the task (restart without persistence) and
-//! numbering started again. That record is what the checker compares every
-//! client against.
+//! answers, so a reply lost in a fault never turns into a duplicate. Every
+//! publish carries a *mark* in its data (`"mark": n`, unique in the run), so
+//! a client's event can be told apart from another one with the same seq.
+//! What Redis acknowledged is recorded per task as *histories* of marks: an
+//! acknowledged seq at or below the previous one means Redis lost writes
+//! (restart without persistence, a failover that lost a primary's tail) and
+//! numbering went on from what it kept. That record is what the checker
+//! compares every client against, by content
+//! ([`crate::DeliveryLog::check_histories`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,24 +36,36 @@ pub struct ProducerSpec {
     pub config: PublisherConfig,
 }
 
-/// Per task: the last acknowledged seq of each epoch.
+/// Per task: the last acknowledged seq of each history (each numbered from
+/// 1).
 pub type Epochs = HashMap<String, Vec<u64>>;
+
+/// Per task: the marks of each history it had, `h[k]` being seq `k + 1`.
+pub type Histories = HashMap<String, Vec<Vec<u64>>>;
+
+/// The mark of an event's payload (`data.mark`).
+pub fn mark_of(data: &serde_json::Value) -> Option<u64> {
+    data.get("mark").and_then(serde_json::Value::as_u64)
+}
 
 #[derive(Default)]
 struct Record {
-    epochs: Mutex<Epochs>,
+    histories: Mutex<Histories>,
     published: AtomicU64,
     retries: AtomicU64,
+    /// The next mark (marks start at 1).
+    marks: AtomicU64,
 }
 
 impl Record {
-    fn ack(&self, task: &str, seq: u64) {
-        let mut e = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
-        let v = e.entry(task.to_owned()).or_default();
-        match v.last_mut() {
-            Some(last) if seq > *last => *last = seq,
-            _ => v.push(seq),
-        }
+    fn next_mark(&self) -> u64 {
+        self.marks.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn ack(&self, task: &str, seq: u64, mark: u64) {
+        let mut all = self.histories.lock().unwrap_or_else(|p| p.into_inner());
+        let hs = all.entry(task.to_owned()).or_default();
+        crate::checker::record_ack(hs, seq, mark);
         self.published.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -69,9 +85,17 @@ pub struct Producer {
 /// What the producer did, for the checker and the report.
 #[derive(Debug, Clone)]
 pub struct Produced {
-    pub epochs: Epochs,
+    pub histories: Histories,
     pub published: u64,
     pub retries: u64,
+}
+
+/// The last seq of each history, per task.
+fn epochs_of(histories: &Histories) -> Epochs {
+    histories
+        .iter()
+        .map(|(t, hs)| (t.clone(), hs.iter().map(|h| h.len() as u64).collect()))
+        .collect()
 }
 
 impl Producer {
@@ -114,7 +138,7 @@ impl Producer {
                     }
                     for task in &mine {
                         let key = format!("r{round}");
-                        let data = json!({ "round": round });
+                        let data = json!({ "round": round, "mark": r.next_mark() });
                         publish(&p, &r, task, "progress", data, false, &key).await;
                     }
                     busy.fetch_sub(1, Ordering::SeqCst);
@@ -160,13 +184,15 @@ impl Producer {
         self.hold.send_replace(false);
     }
 
-    /// What Redis acknowledged so far, per task.
+    /// The last acknowledged seq of each history so far, per task.
     pub fn epochs(&self) -> Epochs {
-        self.record
-            .epochs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        epochs_of(
+            &self
+                .record
+                .histories
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Waits until at least `n` events were acknowledged.
@@ -187,14 +213,15 @@ impl Producer {
         for task in self.spec.tasks.clone() {
             let (p, r) = (self.publisher.clone(), self.record.clone());
             finals.spawn(async move {
-                publish(&p, &r, &task, "done", json!({ "ok": true }), true, "final").await;
+                let data = json!({ "ok": true, "mark": r.next_mark() });
+                publish(&p, &r, &task, "done", data, true, "final").await;
             });
         }
         while finals.join_next().await.is_some() {}
         Produced {
-            epochs: self
+            histories: self
                 .record
-                .epochs
+                .histories
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
@@ -222,7 +249,7 @@ async fn publish(
     loop {
         match p.publish_with(task, kind, &data, opts.clone()).await {
             Ok(done) => {
-                r.ack(task, done.seq);
+                r.ack(task, done.seq, mark_of(&data).unwrap_or(0));
                 return;
             }
             Err(e) => {
