@@ -380,3 +380,89 @@ async fn memory_store_resume_and_end() {
         .expect("post");
     assert_eq!(r.status(), 401);
 }
+
+/// A resume point on a task that never existed: one `sluice.reset` whose
+/// data is the unknown-task snapshot (`"state":"unknown","seq":0,
+/// "latest":null`, id 0), then the connection waits, with heartbeats, for
+/// the task's first event.
+#[tokio::test]
+async fn resume_on_an_unknown_task_resets_to_the_unknown_snapshot() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let edge = spawn_edge(&[
+        "--redis-url",
+        &redis.url(),
+        "--insecure",
+        "--heartbeat-secs",
+        "1",
+    ])
+    .await;
+    let task = unique_task("never");
+    for (url, last_event_id) in [
+        (format!("/v1/tasks/{task}/events"), Some(5)),
+        (format!("/v1/tasks/{task}/events?after=5"), None),
+    ] {
+        let mut c = SseClient::connect(&edge.url(&url), last_event_id).await;
+        assert_eq!(c.status, 200, "{url}");
+        let reset = c.next_event(T).await.expect("reset");
+        assert_eq!(reset.event.as_deref(), Some("sluice.reset"), "{url}");
+        assert_eq!(reset.seq(), Some(0), "{url}: a reconnect resumes from 0");
+        assert_eq!(
+            reset.json(),
+            json!({"task": task, "seq": 0, "state": "unknown", "latest": null}),
+            "{url}"
+        );
+        // The stream stays open and waits for the first event.
+        let hb = c.next_frame(T).await.expect("heartbeat, not the end");
+        assert_eq!(hb.comment.as_deref(), Some("hb"), "{url}: {hb:?}");
+    }
+
+    // Once the task exists, the waiting stream delivers from seq 1.
+    let mut c = SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events")), Some(5)).await;
+    assert_eq!(
+        c.next_event(T).await.expect("reset").event.as_deref(),
+        Some("sluice.reset")
+    );
+    let p = publisher(&redis).await;
+    p.publish(&task, "started", &json!({"n": 1}))
+        .await
+        .expect("publish");
+    let first = c.next_event(T).await.expect("first event");
+    assert_eq!(first.seq(), Some(1));
+    assert_eq!(first.event.as_deref(), Some("started"));
+    assert_eq!(first.json()["data"], json!({"n": 1}));
+}
+
+/// `Last-Event-ID` wins over `?after` (browsers resend the original URL,
+/// with its `after`, when they reconnect).
+#[tokio::test]
+async fn last_event_id_wins_over_after() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let p = publisher(&redis).await;
+    let task = unique_task("both");
+    for i in 1..=5 {
+        p.publish(&task, "progress", &json!(i))
+            .await
+            .expect("publish");
+    }
+    let mut c = SseClient::connect(
+        &edge.url(&format!("/v1/tasks/{task}/events?after=1")),
+        Some(3),
+    )
+    .await;
+    assert_eq!(c.status, 200);
+    let mut seqs = Vec::new();
+    for _ in 0..2 {
+        seqs.push(c.next_event(T).await.expect("event").seq().expect("id"));
+    }
+    assert_eq!(seqs, [4, 5], "resumed from Last-Event-ID 3, not after=1");
+    // The other way round too: a larger ?after does not win either.
+    let mut c = SseClient::connect(
+        &edge.url(&format!("/v1/tasks/{task}/events?after=4")),
+        Some(2),
+    )
+    .await;
+    assert_eq!(c.next_event(T).await.expect("event").seq(), Some(3));
+}
