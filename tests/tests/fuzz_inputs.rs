@@ -51,6 +51,37 @@ fn redis_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// `decode_for` keeps its promise on `bytes`: it returns an event only if
+/// the plain decoder reads the same event and that event belongs to `task`;
+/// an event of another task is refused as such (`WrongTask`, naming it), and
+/// undecodable bytes are refused.
+fn check_decode_for(task: &TaskId, bytes: &[u8]) -> Result<(), TestCaseError> {
+    let checked = sluice_broker::reader::decode_for(task, bytes);
+    match codec::decode_event(bytes) {
+        Ok(ev) if ev.task == task.as_str() => {
+            prop_assert_eq!(checked.ok(), Some(ev));
+        }
+        Ok(ev) => match checked {
+            Err(codec::CodecError::WrongTask { expected, found }) => {
+                prop_assert_eq!(expected.as_str(), task.as_str());
+                prop_assert_eq!(found, ev.task);
+            }
+            other => prop_assert!(
+                false,
+                "event of task {:?} not refused as another task's: {:?}",
+                ev.task,
+                other
+            ),
+        },
+        Err(_) => prop_assert!(
+            checked.is_err(),
+            "undecodable bytes accepted: {:?}",
+            checked
+        ),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(cases())]
 
@@ -72,7 +103,21 @@ proptest! {
         bytes[i] ^= flip.1;
         bytes.truncate(cut.min(bytes.len()));
         let task = TaskId::parse("job-1").expect("task");
-        let _ = sluice_broker::reader::decode_for(&task, &bytes);
+        check_decode_for(&task, &bytes)?;
+    }
+
+    /// A changed task name in an otherwise intact event (the case the
+    /// property above only reaches by chance) is refused as another task's,
+    /// or as undecodable; never returned.
+    #[test]
+    fn events_of_another_task_are_refused(data in json_value(), seq in 1u64.., at in 0usize..5, x in 1u8..) {
+        let ev = StoredEvent { task: "job-1".into(), seq, kind: "progress".into(), data, ts: 1, is_final: false };
+        let mut bytes = codec::encode_event(&ev).expect("encode");
+        let pos = bytes.windows(5).position(|w| w == b"job-1").expect("task name in the encoding");
+        bytes[pos + at] ^= x;
+        let task = TaskId::parse("job-1").expect("task");
+        prop_assert!(sluice_broker::reader::decode_for(&task, &bytes).is_err());
+        check_decode_for(&task, &bytes)?;
     }
 
     /// Any reply shape from Redis is parsed or refused, never panicked on.

@@ -409,8 +409,10 @@ async fn bad_input_is_refused_without_touching_data() {
             "z".repeat(64 * 1024).into(),
         ))
         .await;
+    // Exactly 1009 (Message Too Big): not 1008, and not a bare drop without
+    // a close frame.
     match c.next(T).await {
-        WsItem::Closed(code) => assert!(matches!(code, Some(1009) | Some(1008) | None), "{code:?}"),
+        WsItem::Closed(code) => assert_eq!(code, Some(1009), "close code"),
         WsItem::Envelope(v) => panic!("expected a close, got {v}"),
     }
 
@@ -476,21 +478,83 @@ async fn corrupt_stream_entries_are_skipped() {
         c.next_event(T).await.expect("live after junk").seq(),
         Some(2)
     );
+    p.publish(&task, "progress", &json!(3))
+        .await
+        .expect("publish");
+    assert_eq!(c.next_event(T).await.expect("live 3").seq(), Some(3));
 
-    // A corrupt log entry where history is needed: the client gets a reset,
-    // not a crash or a silent skip.
-    let _: String = redis::cmd("XADD")
+    // A corrupt log entry where history is needed: rebuild the task log
+    // with entry 2 replaced by garbage (same id, same field name), so a
+    // client resuming after 1 must read through it.
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(&keys.log)
-        .arg("3-0")
-        .arg("e")
-        .arg(b"\x00not msgpack".to_vec())
+        .arg("-")
+        .arg("+")
         .query_async(&mut conn)
         .await
-        .expect("xadd");
+        .expect("xrange");
+    let ids: Vec<&str> = entries.ids.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["1-0", "2-0", "3-0"], "the log as published");
+    let _: i64 = redis::cmd("DEL")
+        .arg(&keys.log)
+        .query_async(&mut conn)
+        .await
+        .expect("del");
+    for entry in &entries.ids {
+        let mut fields: Vec<(&String, &redis::Value)> = entry.map.iter().collect();
+        fields.sort_by_key(|(k, _)| k.as_str());
+        assert_eq!(
+            fields.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["e"],
+            "log entries hold one field"
+        );
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&keys.log).arg(&entry.id);
+        for (k, v) in fields {
+            cmd.arg(k);
+            if entry.id == "2-0" {
+                cmd.arg(b"\x00not msgpack".to_vec());
+            } else {
+                let redis::Value::BulkString(bytes) = v else {
+                    panic!("log entry value is a bulk string: {v:?}");
+                };
+                cmd.arg(bytes.clone());
+            }
+        }
+        let id: String = cmd.query_async(&mut conn).await.expect("xadd");
+        assert_eq!(id, entry.id);
+    }
+    let resets_before = metric(&edge.url("/metrics"), "sluice_edge_resets_total").await;
     let mut c2 =
         SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=1")), None).await;
-    assert_eq!(c2.next_event(T).await.expect("event 2").seq(), Some(2));
-    let h = reqwest::get(edge.url(&format!("/v1/tasks/{task}/history?after=2")))
+    assert_eq!(c2.status, 200);
+    let reset = c2.next_event(T).await.expect("reset");
+    assert_eq!(
+        reset.event.as_deref(),
+        Some("sluice.reset"),
+        "the unreadable event 2 is answered with a reset, not skipped: {reset:?}"
+    );
+    assert_eq!(reset.seq(), Some(3), "the reset carries the snapshot's seq");
+    let snap = reset.json();
+    assert_eq!(snap["task"], json!(task));
+    assert_eq!(snap["seq"], json!(3));
+    assert_eq!(snap["state"], json!("open"));
+    assert_eq!(snap["latest"]["seq"], json!(3));
+    assert_eq!(snap["latest"]["data"], json!(3));
+    assert_eq!(
+        metric(&edge.url("/metrics"), "sluice_edge_resets_total").await,
+        resets_before + 1
+    );
+    // Then live, from the snapshot's seq on.
+    p.publish(&task, "progress", &json!(4))
+        .await
+        .expect("publish");
+    let live = c2.next_event(T).await.expect("live after the reset");
+    assert_eq!(live.seq(), Some(4));
+    assert_eq!(live.event.as_deref(), Some("progress"));
+    assert_eq!(c.next_event(T).await.expect("live 4").seq(), Some(4));
+
+    let h = reqwest::get(edge.url(&format!("/v1/tasks/{task}/history?after=1")))
         .await
         .expect("history");
     assert_eq!(h.status(), 500, "a corrupt entry is reported, not hidden");
@@ -505,4 +569,251 @@ async fn corrupt_stream_entries_are_skipped() {
             .status(),
         200
     );
+}
+
+/// One counter or gauge of `/metrics` (0 when absent).
+async fn metric(url: &str, name: &str) -> u64 {
+    let text = reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.trim().parse::<f64>().expect("metric value") as u64)
+        .unwrap_or(0)
+}
+
+/// The real `sluice-edge` binary with its stdout and stderr captured (the
+/// shared harness discards them).
+struct LoggedEdge {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    logs: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LoggedEdge {
+    async fn start(args: &[&str], rust_log: &str) -> LoggedEdge {
+        use tokio::io::AsyncReadExt;
+        let bin = tokio::task::spawn_blocking(sluice_tests::chaos::process::edge_binary)
+            .await
+            .expect("build sluice-edge");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", sluice_tests::chaos::free_port())
+            .parse()
+            .expect("addr");
+        let mut child = tokio::process::Command::new(bin)
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .env("RUST_LOG", rust_log)
+            .env_remove("SLUICE_LOG_FORMAT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start sluice-edge");
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        let outputs: [Box<dyn tokio::io::AsyncRead + Send + Unpin>; 2] = [
+            Box::new(child.stdout.take().expect("stdout")),
+            Box::new(child.stderr.take().expect("stderr")),
+        ];
+        for mut out in outputs {
+            let logs = logs.clone();
+            readers.push(tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = out.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    logs.lock().expect("logs").extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        let edge = LoggedEdge {
+            child,
+            addr,
+            logs,
+            readers,
+        };
+        let http = reqwest::Client::new();
+        let url = edge.url("/readyz");
+        sluice_tests::wait_until("edge process ready", Duration::from_secs(60), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { matches!(http.get(&url).send().await, Ok(r) if r.status().is_success()) }
+        })
+        .await;
+        edge
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGTERM, wait for a clean exit, and return everything it wrote.
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().expect("pid");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "SIGTERM sent");
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("edge exits after SIGTERM")
+            .expect("wait");
+        assert!(exit.success(), "drained edge exits 0: {exit}");
+        for r in self.readers.drain(..) {
+            r.await.expect("log reader");
+        }
+        let logs = self.logs.lock().expect("logs");
+        String::from_utf8_lossy(&logs).into_owned()
+    }
+}
+
+/// Tokens sent as `?token=` (EventSource cannot set headers) never reach
+/// the logs, even at trace level: not on a served subscription, a 401, a
+/// 403, a snapshot, history, WebSocket, the dashboard or a framework
+/// rejection. The logs were captured for real: they name the task.
+#[tokio::test]
+async fn query_tokens_are_never_logged() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let edge = LoggedEdge::start(
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--auth-secret",
+            S1,
+            "--drain-secs",
+            "1",
+            "--heartbeat-secs",
+            "1",
+        ],
+        "trace",
+    )
+    .await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = unique_task("logged");
+    let other = unique_task("logged-other");
+    p.publish(&task, "progress", &json!(1))
+        .await
+        .expect("publish");
+    let valid = token(S1, &[&task]);
+    let wrong_sig = token("not-the-secret-at-all-0000", &[&task]);
+    let opaque = format!("sk_live_{}", unique_task("Zq9").replace('-', "x"));
+    let secrets = [valid.as_str(), wrong_sig.as_str(), opaque.as_str()];
+
+    // A served SSE subscription: snapshot, a live event, a heartbeat.
+    let mut c = SseClient::connect(
+        &edge.url(&format!("/v1/tasks/{task}/events?token={valid}")),
+        None,
+    )
+    .await;
+    assert_eq!(c.status, 200);
+    assert_eq!(c.next_event(T).await.expect("snapshot").seq(), Some(1));
+    p.publish(&task, "progress", &json!(2))
+        .await
+        .expect("publish");
+    assert_eq!(c.next_event(T).await.expect("live").seq(), Some(2));
+    // A resumed one, with the token after the resume point.
+    let mut r = SseClient::connect(
+        &edge.url(&format!("/v1/tasks/{task}/events?after=0&token={valid}")),
+        None,
+    )
+    .await;
+    assert_eq!(r.next_event(T).await.expect("history").seq(), Some(1));
+    drop(r);
+    // Refused ones: 401 (bad signature, opaque junk), 403 (other task).
+    for bad in [&wrong_sig, &opaque] {
+        let c = SseClient::connect(
+            &edge.url(&format!("/v1/tasks/{task}/events?token={bad}")),
+            None,
+        )
+        .await;
+        assert_eq!(c.status, 401);
+    }
+    let c403 = SseClient::connect(
+        &edge.url(&format!("/v1/tasks/{other}/events?token={valid}")),
+        None,
+    )
+    .await;
+    assert_eq!(c403.status, 403);
+    // Snapshot, history, 404, bad path, dashboard.
+    let http = reqwest::Client::new();
+    for (path, status) in [
+        (format!("/v1/tasks/{task}?token={valid}"), 200),
+        (format!("/v1/tasks/{task}?token={wrong_sig}"), 401),
+        (
+            format!("/v1/tasks/{task}/history?after=0&token={valid}"),
+            200,
+        ),
+        (
+            format!("/v1/tasks/{task}/history?after=0&token={opaque}"),
+            401,
+        ),
+        (
+            format!("/v1/tasks/{task}/history?after=x&token={valid}"),
+            400,
+        ),
+        (format!("/v1/no-such-endpoint?token={valid}"), 404),
+        (format!("/v1/tasks/%FF%FE/events?token={valid}"), 400),
+    ] {
+        let resp = http.get(edge.url(&path)).send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+    }
+    let mut dash = SseClient::connect(
+        &edge.url(&format!("/v1/dashboard/events?task={task}&token={valid}")),
+        None,
+    )
+    .await;
+    assert_eq!(dash.status, 200);
+    assert!(dash.next_event(T).await.is_some(), "dashboard frame");
+    drop(dash);
+    // WebSocket: served and refused.
+    let mut ws = WsClient::connect(&format!(
+        "ws://{}/v1/tasks/{task}/ws?after=0&token={valid}",
+        edge.addr
+    ))
+    .await
+    .expect("ws with a valid token");
+    assert_eq!(ws.envelope(T).await["seq"], json!(1));
+    ws.close().await;
+    assert_eq!(
+        WsClient::connect(&format!(
+            "ws://{}/v1/tasks/{task}/ws?token={opaque}",
+            edge.addr
+        ))
+        .await
+        .err(),
+        Some(401)
+    );
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let logs = edge.stop().await;
+    // The capture is real: the node's own lines, with the task id that was
+    // in the same URLs as the tokens.
+    assert!(logs.contains("sluice-edge serving"), "{logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("connection closed") && l.contains(&task)),
+        "a connection line names the task: {logs}"
+    );
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG"),
+        "debug/trace lines were enabled: {logs}"
+    );
+    for secret in secrets {
+        // Each token, and its signature (the part that must stay secret).
+        let tail = secret.rsplit('.').next().unwrap_or(secret);
+        for needle in [secret, tail] {
+            if let Some(line) = logs.lines().find(|l| l.contains(needle)) {
+                panic!("a token reached the logs: {line}");
+            }
+        }
+    }
+    assert!(!logs.contains(S1), "the auth secret is redacted");
 }

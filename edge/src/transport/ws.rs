@@ -6,7 +6,8 @@
 //! holds; it ends when the client leaves, a write stalls, pongs stop, the
 //! task ends (close 1000), the node drains (close 1012, at a jittered moment
 //! inside the drain window) or the backend cannot serve it (close 1013).
-//! Over the connection limit the upgrade itself is refused with 503.
+//! A client message over [`MAX_CLIENT_MESSAGE`] closes it with 1009 (Message
+//! Too Big). Over the connection limit the upgrade itself is refused with 503.
 
 use std::time::Duration;
 
@@ -32,7 +33,10 @@ pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// Close codes.
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Any other failed read (a frame the protocol does not allow).
 pub const CLOSE_POLICY: u16 = 1008;
+/// A client message or frame over [`MAX_CLIENT_MESSAGE`].
+pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_RESTART: u16 = 1012;
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
 
@@ -137,6 +141,9 @@ async fn session(
                 Some(Ok(_)) => {} // clients send nothing meaningful
                 Some(Err(e)) => {
                     tracing::debug!(cause = %e, "websocket read failed");
+                    if is_too_big(&e) {
+                        break (CLOSE_TOO_BIG, "message too big");
+                    }
                     break (CLOSE_POLICY, "protocol error");
                 }
             },
@@ -198,10 +205,45 @@ async fn session(
     let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(frame)).await;
 }
 
+/// Whether a read failed because the client's message (or one frame of it)
+/// was over the limits set on the upgrade: tungstenite's
+/// `Error::Capacity(CapacityError::MessageTooLong { .. })`, found by type in
+/// the source chain of axum's error.
+fn is_too_big(e: &axum::Error) -> bool {
+    use tungstenite::error::{CapacityError, Error};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(Error::Capacity(CapacityError::MessageTooLong { .. })) = c.downcast_ref() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     }));
     let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(frame)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
+
+    #[test]
+    fn only_over_limit_reads_count_as_too_big() {
+        let big = axum::Error::new(Error::Capacity(CapacityError::MessageTooLong {
+            size: 65_536,
+            max_size: 4_096,
+        }));
+        assert!(is_too_big(&big));
+        let other = axum::Error::new(Error::Protocol(ProtocolError::InvalidOpcode(3)));
+        assert!(!is_too_big(&other));
+        let headers = axum::Error::new(Error::Capacity(CapacityError::TooManyHeaders));
+        assert!(!is_too_big(&headers));
+    }
 }
