@@ -256,7 +256,19 @@ async fn drain_moves_clients_without_loss() {
         async move { st.limits.in_use() == CLIENTS }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Drain while events flow: wait until A has delivered some to its
+    // clients (the producer is still far from the end).
+    let state = a.state.clone();
+    sluice_tests::wait_until("events flowing on A", T, || {
+        let st = state.clone();
+        async move {
+            let label = sluice_edge::metrics::TransportLabel {
+                transport: sluice_edge::metrics::Transport::Sse,
+            };
+            st.metrics.delivered.get_or_create(&label).get() >= 5 * CLIENTS as u64
+        }
+    })
+    .await;
     let a_url = a.url("/readyz");
     a.shutdown.cancel();
     // Readiness goes false at once.
