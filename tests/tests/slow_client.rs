@@ -1,25 +1,104 @@
 //! Slow-client catch-up with bounded memory. In a test binary of its own:
-//! the RSS it measures is this process's, so no other test may run in it.
+//! the edge runs in this process ([`spawn_edge`]), so the RSS it measures
+//! (`/proc/self/status`) is the edge's, and no other test may run in it.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
+use sluice_edge::hub::Event;
+use sluice_shared::StoredEvent;
+use sluice_tests::checker::Received;
 use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(20);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// `key:  <n> kB` from `/proc/self/status`, in KiB. Panics when it cannot
+/// be read: a memory bound that cannot be measured must not pass.
+fn status_kib(key: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_else(|e| {
+        panic!("cannot measure the edge's memory: /proc/self/status is unreadable: {e}")
+    });
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("cannot measure the edge's memory: no {key} line in /proc/self/status")
+        })
+}
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    status_kib("VmRSS:")
+}
+
+/// The highest RSS of this process since the last [`RssPeak::phase_peak`],
+/// sampled every 2 ms on a thread of its own (a page read lives for a few
+/// milliseconds; sampling on the test's runtime would miss it).
+struct RssPeak {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssPeak {
+    fn start() -> RssPeak {
+        let peak = Arc::new(AtomicU64::new(rss_kib()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        RssPeak {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The peak since the previous call (or the start); starts a new phase.
+    fn phase_peak(&self) -> u64 {
+        let now = rss_kib();
+        self.peak.swap(now, Ordering::Relaxed).max(now)
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS, so
+/// that `VmHWM` later is the exact peak since now (the sampler could miss a
+/// spike shorter than its period). False when the kernel refuses.
+fn reset_hwm() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// A delivery log whose vectors already hold `n` entries' worth of touched
+/// memory, so that filling it does not count as growth of the edge.
+fn preallocated_log(n: usize) -> DeliveryLog {
+    let mut log = DeliveryLog::default();
+    log.received.resize(n, Received::Event(0));
+    log.received.clear();
+    log.marks.resize(n, Some(0));
+    log.marks.clear();
+    log
 }
 
 /// Opens an SSE request on a raw socket and returns it without reading.
@@ -31,11 +110,12 @@ async fn raw_sse(addr: std::net::SocketAddr, path: &str) -> TcpStream {
 }
 
 /// Reads SSE frames from a raw HTTP/1.1 chunked response, collecting event
-/// ids until `until` is seen.
+/// ids until `until` is seen. Streams: it keeps only the bytes of the line
+/// being read, so the reader itself adds next to nothing to the RSS.
 async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut chunk = vec![0u8; 256 * 1024];
-    let mut scanned = 0;
+    const CHUNK: usize = 64 * 1024;
+    let mut buf = Vec::with_capacity(2 * CHUNK);
+    let mut chunk = vec![0u8; CHUNK];
     loop {
         let n = tokio::time::timeout(T, s.read(&mut chunk))
             .await
@@ -43,8 +123,10 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
             .expect("read");
         assert!(n > 0, "stream ended before seq {until}");
         buf.extend_from_slice(&chunk[..n]);
-        // Find "\nid: N\n" lines (chunk framing never splits our lines in a
-        // way that matters: we only scan complete lines).
+        // "id: N" lines. The edge writes each batch of frames as one HTTP
+        // chunk, so chunk framing ("\r\n<hex>\r\n") always sits between
+        // frames, never inside an id line.
+        let mut scanned = 0;
         while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
             let line = &buf[scanned..scanned + pos];
             scanned += pos + 1;
@@ -60,26 +142,117 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
                 }
             }
         }
-        if scanned > (1 << 20) {
-            buf.drain(..scanned);
-            scanned = 0;
-        }
+        buf.drain(..scanned);
     }
 }
 
+/// What one event of this test costs the edge, from its real encodings
+/// (the same calls the edge makes).
+struct EventSize {
+    /// `Event::sse` (`id: <seq>\nevent: progress\ndata: <envelope>\n\n`):
+    /// length, and the allocation `hub::sse_frame` makes for it
+    /// (envelope + type + 40).
+    sse: usize,
+    sse_alloc: usize,
+    /// `Event::json`, the envelope: length, and the allocation
+    /// `StoredEvent::envelope_json` leaves (`serde_json::to_vec` grows its
+    /// Vec by doubling, and `Bytes::from(Vec)` keeps that capacity).
+    json: usize,
+    json_alloc: usize,
+    /// The `Event` struct inside its `Arc` (two counters).
+    header: usize,
+    /// The MessagePack bytes Redis stores and returns for the event.
+    stored: usize,
+}
+
+impl EventSize {
+    /// The largest event of the run: the longest seq, `final: true`.
+    fn of(task: &str, seq: u64, data: serde_json::Value) -> EventSize {
+        let ev = StoredEvent {
+            task: task.to_owned(),
+            seq,
+            kind: "progress".into(),
+            data,
+            ts: 1_800_000_000_000,
+            is_final: true,
+        };
+        let encoded = Event::from_history(&ev);
+        let envelope = ev.envelope_json();
+        assert_eq!(encoded.json.len(), envelope.len());
+        EventSize {
+            sse: encoded.sse.len(),
+            sse_alloc: envelope.len() + ev.kind.len() + 40,
+            json: encoded.json.len(),
+            json_alloc: envelope.capacity(),
+            header: std::mem::size_of::<Event>() + 2 * std::mem::size_of::<usize>(),
+            stored: sluice_shared::codec::encode_event(&ev)
+                .expect("encode")
+                .len(),
+        }
+    }
+
+    /// Bytes the edge holds per event in a queue or a buffered page: one
+    /// `Arc<Event>` with its SSE frame and its envelope.
+    fn held(&self) -> usize {
+        self.sse_alloc + self.json_alloc + self.header
+    }
+
+    /// Bytes per event of a history page while the page is read. Besides
+    /// the encoded events (`held`), the page exists at once as: the Redis
+    /// reply in the connection's read buffer, the `redis::Value` tree, the
+    /// field maps of `reader::parse_entries` and the decoded `StoredEvent`s
+    /// (`broker/src/reader.rs` `history`, then `Subscription::take_page`
+    /// encodes them while the `StoredEvent`s are alive). Each copy is about
+    /// the stored size. The allocator keeps what is freed in between, so
+    /// the RSS peak sees them all.
+    fn page_read(&self) -> usize {
+        self.held() + 4 * self.stored
+    }
+}
+
+/// Growth of the RSS the formula does not model, with its parts (for this
+/// test's two connections and its in-process clients):
+/// - hyper's HTTP/1 buffers, at most 400 KiB (`8192 + 4096 * 100`) per
+///   connection, plus the batch being written (64 frames × ~2.2 KB =
+///   139 KB): 2 × 0.54 MiB ≈ 1.1 MiB;
+/// - the feed reader's batches while publishing: the producer awaits every
+///   publish and runs in this process, so the reader trails it by a few
+///   entries; 64 entries × `page_read` (~15 KB) ≈ 0.9 MiB;
+/// - the test's own clients (reqwest's buffers, the publisher's pipeline)
+///   and the runtime (tokio blocking threads' stacks, timer wheels,
+///   metrics families), a few hundred KiB;
+/// - glibc keeps up to `M_TRIM_THRESHOLD` (128 KiB) free at the top of
+///   each of its per-thread arenas (2 workers, the blocking pool, the
+///   sampler): ~1 MiB.
+///
+/// Sum ≈ 3.3 MiB, rounded to 4. Measured: the publish phase grows by
+/// 1.0–1.4 MiB more than the stalled queue holds.
+const ALLOWANCE_MIB: f64 = 4.0;
+
 /// A client that stops reading while 20 000 events are published, then
 /// reads again, receives every seq exactly once; a normal client on the same
-/// task keeps receiving live events; the node's memory stays bounded.
+/// task keeps receiving live events; the node's memory stays within
+/// README's bound ("Slow clients"): per connection, its queue plus one
+/// history page, whatever the number of events published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_catches_up_exactly_with_bounded_memory() {
     sluice_tests::init_logs();
+    const N: u64 = 20_000;
+    // README's defaults, passed explicitly: the bound below is computed
+    // from them.
+    const QUEUE: usize = 256;
+    const PAGE: usize = sluice_edge::subscription::DEFAULT_HISTORY_PAGE;
+    // The stalled client and the normal one.
+    const CONNECTIONS: usize = 2;
     let redis = RedisFixture::start().await;
     let edge = spawn_edge(&[
         "--redis-url",
         &redis.url(),
         "--insecure",
         "--queue-capacity",
-        "256",
+        &QUEUE.to_string(),
+        "--history-page",
+        &PAGE.to_string(),
     ])
     .await;
     // The log must hold all 20 000 events, or catching up ends in a reset.
@@ -91,10 +264,10 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
         .await
         .expect("publisher");
     let task = unique_task("slow");
-    const N: u64 = 20_000;
-    // ~2 KiB per event: buffering everything for the stalled client would
-    // take > 40 MiB.
+    // ~2 KiB of data per event: buffering all of them for the stalled
+    // client would take N × `held` ≈ 120 MiB.
     let blob = "x".repeat(2000);
+    let size = EventSize::of(&task, N, json!({"i": N, "blob": blob}));
 
     p.publish(&task, "progress", &json!({"i": 0, "blob": blob}))
         .await
@@ -104,7 +277,13 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
         SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=0")), None).await;
     assert_eq!(normal.next_event(T).await.expect("first").seq(), Some(1));
 
+    let mut normal_log = preallocated_log(N as usize);
+    let mut slow_log = preallocated_log(N as usize);
+    let sampler = RssPeak::start();
     let base = rss_kib();
+    let hwm_exact = reset_hwm();
+
+    // Phase 1: 20 000 events while one client does not read.
     let producer = {
         let p = p.clone();
         let task = task.clone();
@@ -121,40 +300,86 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
             }
         })
     };
-    let mut normal_log = DeliveryLog::default();
     normal_log.event(1);
-    let mut peak = base;
     while let Some(f) = normal.next_event(T).await {
         normal_log.event(f.seq().expect("id"));
-        if normal_log.received.len() % 500 == 0 {
-            peak = peak.max(rss_kib());
-        }
     }
     producer.await.expect("producer");
-    peak = peak.max(rss_kib());
+    let publish_peak = sampler.phase_peak();
+    let catchups = edge.state.metrics.catchups.get();
+
+    // Phase 2: the stalled client reads again and catches up from Redis.
+    read_raw_ids(&mut stalled, N, &mut slow_log).await;
+    let catch_up_peak = sampler.phase_peak();
+    drop(sampler);
+    // VmHWM: the exact peak since `reset_hwm` (when the kernel allowed it).
+    let hwm = if hwm_exact { status_kib("VmHWM:") } else { 0 };
+    let peak = publish_peak.max(catch_up_peak).max(hwm);
+
     let v = normal_log.check(1, N);
     println!("normal client: {v}");
     assert!(v.is_exact(), "{v:?}");
+    let v = slow_log.check(1, N);
+    println!("stalled client: {v}; catchups={catchups}");
+    assert!(v.is_exact(), "{v:?}");
 
-    let catchups = edge.state.metrics.catchups.get();
+    // README: per connection, its queue plus one history page. Every
+    // connection has a queue; a page is read only by a connection that
+    // overflowed: the stalled one, and the normal one too if it fell
+    // behind on this busy box (then `catchups` counts its overflows).
+    let pages = if catchups > 1 { CONNECTIONS } else { 1 };
+    let queue_term = (CONNECTIONS * QUEUE * size.held()) as f64 / MIB;
+    let page_term = (PAGE * size.page_read()) as f64 / MIB;
+    // While publishing, the stalled client holds its queue; a page is read
+    // then only if the normal client overflowed.
+    let publish_bound = queue_term + (pages - 1) as f64 * page_term + ALLOWANCE_MIB;
+    let total_bound = queue_term + pages as f64 * page_term + ALLOWANCE_MIB;
+    let mib = |kib: u64| kib.saturating_sub(base) as f64 / 1024.0;
+    let (publish_growth, growth) = (mib(publish_peak), mib(peak));
+    println!(
+        "per event: sse={} (alloc {}) + json={} (alloc {}) + header={} = held {} B; \
+         stored={} B; page_read = held + 4 x stored = {} B",
+        size.sse,
+        size.sse_alloc,
+        size.json,
+        size.json_alloc,
+        size.header,
+        size.held(),
+        size.stored,
+        size.page_read(),
+    );
+    println!(
+        "README at encoded lengths: (queue {QUEUE} + page {PAGE}) x (sse + json) = {:.2} MiB",
+        ((QUEUE + PAGE) * (size.sse + size.json)) as f64 / MIB
+    );
+    println!(
+        "bound: queues {CONNECTIONS} x {QUEUE} x held = {queue_term:.2} MiB, \
+         pages {pages} x {PAGE} x page_read = {:.2} MiB, allowance {ALLOWANCE_MIB:.1} MiB; \
+         publish phase <= {publish_bound:.2} MiB, whole run <= {total_bound:.2} MiB",
+        pages as f64 * page_term,
+    );
+    println!(
+        "measured: RSS base {base} KiB; growth publish phase {publish_growth:.2} MiB, \
+         catch-up phase {:.2} MiB, VmHWM {}; peak growth {growth:.2} MiB",
+        mib(catch_up_peak),
+        if hwm_exact {
+            format!("{:.2} MiB", mib(hwm))
+        } else {
+            "not resettable (sampled peak only)".to_owned()
+        },
+    );
+    assert!(
+        publish_growth <= publish_bound,
+        "while the client was stalled the edge grew by {publish_growth:.2} MiB, \
+         more than its queues allow ({publish_bound:.2} MiB): is the queue bounded?"
+    );
+    assert!(
+        growth <= total_bound,
+        "the edge grew by {growth:.2} MiB, more than queue plus one history page \
+         per connection allows ({total_bound:.2} MiB)"
+    );
     assert!(
         catchups >= 1,
         "the stalled client overflowed its queue and was switched to catch-up"
     );
-
-    let mut slow_log = DeliveryLog::default();
-    read_raw_ids(&mut stalled, N, &mut slow_log).await;
-    peak = peak.max(rss_kib());
-    let v = slow_log.check(1, N);
-    let growth_mib = peak.saturating_sub(base) as f64 / 1024.0;
-    println!(
-        "stalled client: {v}; catchups={catchups}; RSS base={} KiB peak={} KiB growth={growth_mib:.1} MiB",
-        base, peak
-    );
-    assert!(v.is_exact(), "{v:?}");
-    // The bound depends on the queue capacity and page size, not on N:
-    // 256 queued + one page of 1000 events of ~2.3 KiB each is ~3 MiB;
-    // allow generous slack for allocator behaviour and the test's own
-    // clients. Unbounded buffering would exceed 40 MiB.
-    assert!(growth_mib < 32.0, "edge memory grew by {growth_mib:.1} MiB");
 }
