@@ -25,6 +25,7 @@ pub mod state;
 pub mod store;
 pub mod subscription;
 pub mod transport;
+pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use sluice_shared::event::{Snapshot, TaskState};
 use sluice_shared::{Seq, TaskId};
 
-use crate::hub::{Event, Hub, Registration};
+use crate::hub::{Hub, Registration};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::wire::Event;
 
 /// Default history page size for resume and catch-up.
 pub const DEFAULT_HISTORY_PAGE: usize = 1000;
@@ -98,17 +99,7 @@ impl Subscription {
             (Start::Latest, None) => {}
             (Start::Latest, Some(s)) => {
                 sub.last = s.seq.saturating_sub(1);
-                let ev = sluice_shared::StoredEvent {
-                    task: s.latest.task.clone(),
-                    seq: s.latest.seq,
-                    kind: s.latest.kind.clone(),
-                    data: s.latest.data.clone(),
-                    ts: chrono::DateTime::parse_from_rfc3339(&s.latest.ts)
-                        .map(|t| t.timestamp_millis())
-                        .unwrap_or(0),
-                    is_final: s.latest.is_final,
-                };
-                sub.pending.push_back(Event::from_snapshot(&ev));
+                sub.pending.push_back(Event::from_snapshot(&s.latest));
             }
             (Start::After(0), None) => {}
             (Start::After(_), None) => sub.reset(None),

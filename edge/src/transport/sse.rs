@@ -20,12 +20,12 @@ use tokio::time::{Instant, Interval, Sleep};
 
 use crate::app::{parse_query, parse_seq, parse_task};
 use crate::error::ApiError;
-use crate::hub::Event;
 use crate::limits::{ConnGuard, Refusal};
 use crate::metrics::{RefuseReason, Transport, TransportLabel};
 use crate::state::SharedState;
 use crate::subscription::{Opening, Start, Subscription};
 use crate::transport::ConnLog;
+use crate::wire::Event;
 
 /// Range of the initial `retry:` (ms), jittered so reconnect storms spread.
 pub const RETRY_MS: std::ops::Range<u64> = 1_000..5_000;
