@@ -42,6 +42,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::{FeedSink, Store};
+use crate::subscription::Subscriptions;
 
 /// Builds the configured store: Redis when a URL is given, else memory.
 pub async fn build_store(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -103,7 +104,12 @@ pub async fn run_with_store(
         ),
         heartbeat: config.heartbeat(),
         drain_window: config.drain(),
-        history_page: config.history_page,
+        subscriptions: Subscriptions::new(
+            hub.clone(),
+            store.clone(),
+            metrics.clone(),
+            config.history_page,
+        ),
         drain: shutdown.clone(),
         draining: AtomicBool::new(false),
         tracker: TaskTracker::new(),

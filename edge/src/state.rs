@@ -12,6 +12,7 @@ use crate::hub::Hub;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::subscription::Subscriptions;
 
 pub struct AppState {
     pub node_id: String,
@@ -21,7 +22,8 @@ pub struct AppState {
     pub limits: Limits,
     pub heartbeat: Duration,
     pub drain_window: Duration,
-    pub history_page: usize,
+    /// Opens subscriptions (hub, store, metrics, history page).
+    pub subscriptions: Subscriptions,
     /// Fires when the node starts draining (SIGTERM or the caller's token).
     pub drain: CancellationToken,
     pub draining: AtomicBool,

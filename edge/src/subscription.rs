@@ -68,31 +68,45 @@ pub struct Subscription {
     fill_failures: u32,
 }
 
-impl Subscription {
-    /// Registers with the hub first, then reads the store, so no live event
-    /// can fall between the read and the registration.
-    pub async fn open(
-        hub: &Arc<Hub>,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-        task: TaskId,
-        start: Start,
-        page: usize,
-    ) -> Result<Opening, StoreError> {
-        let reg = hub.register(&task);
-        let snapshot = store.snapshot(&task).await?;
+/// What opening a subscription needs: the hub to register with, the store
+/// to read, the metrics to count in and the history page size. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Subscriptions {
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    page: usize,
+}
+
+impl Subscriptions {
+    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, metrics: Arc<Metrics>, page: usize) -> Self {
+        Subscriptions {
+            hub,
+            store,
+            metrics,
+            page: page.max(1),
+        }
+    }
+
+    /// Opens a subscription to `task` from `start`. Registers with the hub
+    /// first, then reads the store, so no live event can fall between the
+    /// read and the registration.
+    pub async fn open(&self, task: TaskId, start: Start) -> Result<Opening, StoreError> {
+        let reg = self.hub.register(&task);
+        let snapshot = self.store.snapshot(&task).await?;
         let mut sub = Subscription {
             task,
             reg,
-            store,
-            metrics,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
             last: 0,
             last_digest: 0,
             verify_last: false,
             pending: VecDeque::new(),
             catching_up: false,
             done: false,
-            page: page.max(1),
+            page: self.page,
             fill_failures: 0,
         };
         match (start, snapshot) {
@@ -118,7 +132,9 @@ impl Subscription {
         }
         Ok(Opening::Stream(sub))
     }
+}
 
+impl Subscription {
     pub fn task(&self) -> &TaskId {
         &self.task
     }
@@ -418,7 +434,8 @@ mod tests {
     ) -> (Subscription, Arc<Hub>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(16, metrics.clone());
-        let opening = Subscription::open(&hub, store, metrics.clone(), task.clone(), start, page)
+        let opening = Subscriptions::new(hub.clone(), store, metrics.clone(), page)
+            .open(task.clone(), start)
             .await
             .expect("open");
         let Opening::Stream(sub) = opening else {

@@ -96,15 +96,7 @@ pub async fn subscribe(
     let start = resume_point(&headers, &query)?;
     crate::auth::authorize(&state, &headers, &query, &task)?;
     let guard = admit(&state, Transport::Sse)?;
-    let opening = Subscription::open(
-        &state.hub,
-        state.store.clone(),
-        state.metrics.clone(),
-        task,
-        start,
-        state.history_page,
-    )
-    .await?;
+    let opening = state.subscriptions.open(task, start).await?;
     let sub = match opening {
         Opening::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
         Opening::Stream(sub) => sub,

@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::limits::ConnGuard;
 use crate::metrics::{Transport, TransportLabel};
 use crate::state::SharedState;
-use crate::subscription::{Opening, Start, Subscription};
+use crate::subscription::{Opening, Start};
 use crate::transport::sse::{admit, resume_point, AliveGuard};
 use crate::transport::ConnLog;
 
@@ -77,15 +77,7 @@ async fn session(
     let _alive = AliveGuard::new(&state.metrics);
     let _guard = guard;
     let mut log = ConnLog::new("ws", &task);
-    let opening = Subscription::open(
-        &state.hub,
-        state.store.clone(),
-        state.metrics.clone(),
-        task,
-        start,
-        state.history_page,
-    )
-    .await;
+    let opening = state.subscriptions.open(task, start).await;
     let mut sub = match opening {
         Ok(Opening::Stream(sub)) => sub,
         Ok(Opening::Finished) => {
