@@ -158,11 +158,10 @@ pub async fn run_with_store(
         window_secs = state.drain_window.as_secs(),
         "draining"
     );
-    // Streams close themselves at jittered moments inside the window.
-    let deadline = tokio::time::Instant::now() + state.drain_window + Duration::from_secs(2);
-    while state.limits.in_use() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Streams close themselves at jittered moments inside the window; the
+    // limiter says when the last one closed.
+    let window = state.drain_window + Duration::from_secs(2);
+    let _ = tokio::time::timeout(window, state.limits.idle()).await;
     feed_stop.cancel();
     if tokio::time::timeout(Duration::from_secs(5), feed)
         .await
