@@ -229,12 +229,12 @@ impl StatsSession {
             self.started = true;
             return Some(Bytes::from_static(b"retry: 1000\n\n"));
         }
-        let drain = self.state.drain.clone();
+        let draining = self.state.draining.clone();
         // Cancel-safety: `tick` is cancel-safe; a frame being built when the
         // node drains is dropped, and the stream ends.
         tokio::select! {
             biased;
-            _ = drain.cancelled() => None,
+            () = draining.started() => None,
             frame = self.next_frame() => Some(frame),
         }
     }

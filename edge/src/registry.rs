@@ -32,9 +32,9 @@ use sluice_broker::connect::RedisPool as Pool;
 use sluice_broker::nodes::{self, ClusterStatus, NodeInfo};
 use sluice_shared::keys;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::lifecycle::Tasks;
 use crate::state::AppState;
 use crate::store::StoreError;
 
@@ -80,9 +80,9 @@ pub fn advertised(addr: SocketAddr) -> String {
 }
 
 /// Records the node's address and, on the Redis store, starts the
-/// registry task on `background` until `stop` fires.
+/// registry task on `tasks` until `stop` fires.
 pub fn spawn(
-    background: &TaskTracker,
+    tasks: &Tasks,
     state: &Arc<AppState>,
     addr: SocketAddr,
     stop: &CancellationToken,
@@ -102,7 +102,7 @@ pub fn spawn(
         state.config.node_grace(),
     );
     let span = tracing::info_span!("registry", node = %state.node_id);
-    background.spawn(registry.run(state.clone(), stop.clone()).instrument(span));
+    tasks.spawn(registry.run(state.clone(), stop.clone()).instrument(span));
     Ok(())
 }
 

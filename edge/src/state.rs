@@ -1,14 +1,11 @@
 //! What every handler shares.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::lifecycle::{Draining, Tasks};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -24,11 +21,10 @@ pub struct AppState {
     pub drain_window: Duration,
     /// Opens subscriptions (hub, store, metrics, history page).
     pub subscriptions: Subscriptions,
-    /// Fires when the node starts draining (SIGTERM or the caller's token).
-    pub drain: CancellationToken,
-    pub draining: AtomicBool,
-    /// Per-connection tasks (WebSocket sessions): awaited at shutdown.
-    pub tracker: TaskTracker,
+    /// Set when the node starts draining (SIGTERM or the caller's token).
+    pub draining: Draining,
+    /// Where the node runs its tasks (WebSocket sessions here).
+    pub tasks: Tasks,
     /// Token verifier; `None` when the node runs open.
     pub verifier: Option<crate::auth::Verifier>,
     pub demo: bool,
@@ -41,7 +37,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.is_draining()
     }
 }
 

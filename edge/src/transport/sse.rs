@@ -185,7 +185,7 @@ impl SseSession {
             Phase::Running => {}
         }
         loop {
-            if !self.drain_armed && self.state.drain.is_cancelled() {
+            if !self.drain_armed && self.state.is_draining() {
                 let window = self.state.drain_window.as_millis() as u64;
                 let at = rand::rng().random_range(0..=window);
                 self.drain_at
@@ -204,7 +204,7 @@ impl SseSession {
                     tracing::debug!(task = %self.sub.task(), "closing for drain");
                     return Some(Bytes::from(format!("retry: {ms}\n\n")));
                 }
-                _ = self.state.drain.cancelled(), if !self.drain_armed => continue,
+                _ = self.state.draining.started(), if !self.drain_armed => continue,
                 next = self.sub.next() => {
                     return match next {
                         Ok(Some(ev)) => Some(self.batch(ev)),

@@ -2,7 +2,7 @@
 //!
 //! Same subscription machinery as SSE (resume with `?after=N` or
 //! `Last-Event-ID`, gap filling, catch-up, `sluice.reset`). The session task
-//! is tracked by the node's `TaskTracker` and owns everything the connection
+//! runs on the node's tasks and owns everything the connection
 //! holds; it ends when the client leaves, a write stalls, pongs stop, the
 //! task ends (close 1000), the node drains (close 1012, at a jittered moment
 //! inside the drain window) or the backend cannot serve it (close 1013).
@@ -61,8 +61,11 @@ pub async fn subscribe(
     let st = state.clone();
     Ok(upgrade
         .on_upgrade(move |socket| {
-            let tracker = st.tracker.clone();
-            tracker.track_future(session(st, socket, task, start, guard))
+            let tasks = st.tasks.clone();
+            let session = session(st, socket, task, start, guard);
+            async move {
+                tasks.track(session).await;
+            }
         })
         .into_response())
 }
@@ -111,7 +114,7 @@ async fn session(
         .clone();
 
     let (code, reason): (u16, &'static str) = loop {
-        if !drain_armed && state.drain.is_cancelled() {
+        if !drain_armed && state.is_draining() {
             let ms = rand::rng().random_range(0..=state.drain_window.as_millis() as u64);
             drain_at
                 .as_mut()
@@ -123,7 +126,7 @@ async fn session(
         tokio::select! {
             biased;
             _ = &mut drain_at, if drain_armed => break (CLOSE_RESTART, "node draining; reconnect"),
-            _ = state.drain.cancelled(), if !drain_armed => continue,
+            _ = state.draining.started(), if !drain_armed => continue,
             msg = rx.next() => match msg {
                 Some(Ok(Message::Pong(_))) => {
                     last_pong = Instant::now();
