@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod registry;
+pub mod session;
 pub mod state;
 pub mod store;
 pub mod subscription;

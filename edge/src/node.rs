@@ -27,6 +27,7 @@ use crate::hub::Hub;
 use crate::lifecycle::{Draining, Tasks};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::session::Sessions;
 use crate::state::AppState;
 use crate::store::{FeedSink, Store};
 use crate::subscription::Subscriptions;
@@ -42,7 +43,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// runs, without draining.
 pub struct Node {
     state: Arc<AppState>,
-    drain_window: Duration,
     tasks: Tasks,
     /// Cancelled last (or on drop): aborts whatever still runs.
     root: CancellationToken,
@@ -95,7 +95,6 @@ impl Node {
         abort_on_error.disarm();
         Ok(Node {
             state,
-            drain_window: config.drain(),
             tasks,
             root,
             stop_feed,
@@ -122,10 +121,11 @@ impl Node {
         self.state.draining.start();
         tracing::info!(
             open = limits.in_use(),
-            window_secs = self.drain_window.as_secs(),
+            window_secs = self.state.sessions.drain_window.as_secs(),
             "draining"
         );
-        let drained = tokio::time::timeout(self.drain_window + DRAIN_SLACK, limits.idle()).await;
+        let window = self.state.sessions.drain_window + DRAIN_SLACK;
+        let drained = tokio::time::timeout(window, limits.idle()).await;
         if drained.is_err() {
             tracing::warn!(
                 open = limits.in_use(),
@@ -183,21 +183,27 @@ fn app_state(
     if verifier.is_none() {
         tracing::warn!("subscriber auth is OFF (--insecure/--demo): anyone can read any task");
     }
+    let limits = Arc::new(Limits::new(
+        config.max_connections,
+        config.max_connect_rate,
+        metrics.clone(),
+    ));
     AppState {
         node_id,
         store: store.clone(),
         hub: hub.clone(),
         metrics: metrics.clone(),
-        limits: Limits::new(
-            config.max_connections,
-            config.max_connect_rate,
-            metrics.clone(),
-        ),
-        heartbeat: config.heartbeat(),
-        drain_window: config.drain(),
-        subscriptions: Subscriptions::new(hub, store, metrics, config.history_page),
+        limits: limits.clone(),
+        sessions: Arc::new(Sessions {
+            subscriptions: Subscriptions::new(hub, store, metrics.clone(), config.history_page),
+            limits,
+            metrics,
+            draining: draining.clone(),
+            heartbeat: config.heartbeat(),
+            drain_window: config.drain(),
+            tasks: tasks.clone(),
+        }),
         draining,
-        tasks: tasks.clone(),
         verifier,
         demo: config.demo,
         publish_keys: config.publish_key.clone(),

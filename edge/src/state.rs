@@ -1,30 +1,25 @@
 //! What every handler shares.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::lifecycle::{Draining, Tasks};
+use crate::lifecycle::Draining;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::session::Sessions;
 use crate::store::Store;
-use crate::subscription::Subscriptions;
 
 pub struct AppState {
     pub node_id: String,
     pub store: Arc<dyn Store>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
-    pub limits: Limits,
-    pub heartbeat: Duration,
-    pub drain_window: Duration,
-    /// Opens subscriptions (hub, store, metrics, history page).
-    pub subscriptions: Subscriptions,
+    pub limits: Arc<Limits>,
+    /// What SSE and WebSocket sessions share.
+    pub sessions: Arc<Sessions>,
     /// Set when the node starts draining (SIGTERM or the caller's token).
     pub draining: Draining,
-    /// Where the node runs its tasks (WebSocket sessions here).
-    pub tasks: Tasks,
     /// Token verifier; `None` when the node runs open.
     pub verifier: Option<crate::auth::Verifier>,
     pub demo: bool,

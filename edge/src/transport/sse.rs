@@ -1,38 +1,36 @@
 //! `GET /v1/tasks/{task}/events`: Server-Sent Events.
 //!
-//! The body is a stream that owns everything the connection holds (the
-//! admission guard, the hub registration): when hyper drops it — the client
-//! left, a write failed, the node shut down — all of it is released. It ends
-//! by itself after the final event, on drain (after a short `retry:` at a
-//! jittered moment inside the drain window) and on shutdown.
+//! The response body is the session ([`Session`] with [`SseFrames`]): it
+//! owns everything the connection holds (the admission guard, the hub
+//! registration), so when hyper drops it — the client left, a write failed,
+//! the node shut down — all of it is released. It starts with a jittered
+//! `retry:`, and ends by itself after the final event, on drain (after a
+//! short `retry:` at a jittered moment inside the drain window) and when the
+//! backend cannot serve it.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
 use rand::Rng;
-use tokio::time::{Instant, Interval, Sleep};
 
 use crate::app::{parse_query, parse_seq, parse_task};
 use crate::error::ApiError;
 use crate::limits::{ConnGuard, Refusal};
-use crate::metrics::{RefuseReason, Transport, TransportLabel};
+use crate::metrics::{RefuseReason, Transport};
+use crate::session::{Conn, End, Framing, Session};
 use crate::state::SharedState;
-use crate::subscription::{Opening, Start, Subscription};
-use crate::transport::ConnLog;
+use crate::subscription::{Opening, Start};
 use crate::wire::Event;
 
 /// Range of the initial `retry:` (ms), jittered so reconnect storms spread.
 pub const RETRY_MS: std::ops::Range<u64> = 1_000..5_000;
 /// Range of the `retry:` sent when draining (ms): reconnect soon, elsewhere.
 pub const DRAIN_RETRY_MS: std::ops::Range<u64> = 100..1_000;
-/// Most events written in one chunk.
-const BATCH: usize = 64;
 
 /// Admission common to SSE and WebSocket: draining, limit and rate.
 pub fn admit(state: &SharedState, transport: Transport) -> Result<ConnGuard, ApiError> {
@@ -96,169 +94,91 @@ pub async fn subscribe(
     let start = resume_point(&headers, &query)?;
     crate::auth::authorize(&state, &headers, &query, &task)?;
     let guard = admit(&state, Transport::Sse)?;
-    let opening = state.subscriptions.open(task, start).await?;
-    let sub = match opening {
+    let sessions = &state.sessions;
+    let sub = match sessions.subscriptions.open(task, start).await? {
         Opening::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
         Opening::Stream(sub) => sub,
     };
-    tracing::debug!(task = %sub.task(), transport = "sse", "subscribed");
-    let session = SseSession::new(state, sub, guard);
-    let body = Body::from_stream(futures_util::stream::unfold(session, |mut s| async move {
-        s.step().await.map(|b| (Ok::<_, Infallible>(b), s))
-    }));
-    Ok((
+    let conn = Conn::new(&sessions.metrics, Transport::Sse, sub.task(), guard);
+    let session = Session::new(sessions, conn, sub, SseFrames::start());
+    Ok(event_stream(body(session)))
+}
+
+/// A `text/event-stream` response (not buffered by proxies).
+pub fn event_stream<S>(chunks: S) -> Response
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
             (header::HeaderName::from_static("x-accel-buffering"), "no"),
         ],
-        body,
+        Body::from_stream(chunks),
     )
-        .into_response())
+        .into_response()
 }
 
-enum Phase {
-    Start,
-    Running,
-    Done,
-}
-
-struct SseSession {
-    state: SharedState,
-    sub: Subscription,
-    heartbeat: Interval,
-    /// Armed when the node starts draining: this stream's jittered close.
-    drain_at: Pin<Box<Sleep>>,
-    drain_armed: bool,
-    phase: Phase,
-    log: ConnLog,
-    _guard: ConnGuard,
-    _alive: AliveGuard,
-}
-
-/// Counts live connection bodies/tasks (the "no task outlives its
-/// connection" gauge).
-pub struct AliveGuard(Arc<crate::metrics::Metrics>);
-
-impl AliveGuard {
-    pub fn new(m: &Arc<crate::metrics::Metrics>) -> Self {
-        m.connection_tasks.inc();
-        AliveGuard(m.clone())
-    }
-}
-
-impl Drop for AliveGuard {
-    fn drop(&mut self) {
-        self.0.connection_tasks.dec();
-    }
-}
-
-impl SseSession {
-    fn new(state: SharedState, sub: Subscription, guard: ConnGuard) -> Self {
-        let hb = state.heartbeat;
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + hb, hb);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let alive = AliveGuard::new(&state.metrics);
-        let log = ConnLog::new("sse", sub.task());
-        SseSession {
-            log,
-            state,
-            sub,
-            heartbeat,
-            drain_at: Box::pin(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))),
-            drain_armed: false,
-            phase: Phase::Start,
-            _guard: guard,
-            _alive: alive,
-        }
-    }
-
-    /// The next chunk to write, or `None` to end the response.
-    async fn step(&mut self) -> Option<Bytes> {
-        match self.phase {
-            Phase::Done => return None,
-            Phase::Start => {
-                self.phase = Phase::Running;
-                let ms = rand::rng().random_range(RETRY_MS);
-                return Some(Bytes::from(format!("retry: {ms}\n\n")));
-            }
-            Phase::Running => {}
-        }
+/// The session as body chunks: each step of the session writes at most one
+/// chunk, yielded as soon as it is written.
+fn body(session: Session<SseFrames>) -> impl Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(session, |mut s| async move {
         loop {
-            if !self.drain_armed && self.state.is_draining() {
-                let window = self.state.drain_window.as_millis() as u64;
-                let at = rand::rng().random_range(0..=window);
-                self.drain_at
-                    .as_mut()
-                    .reset(Instant::now() + Duration::from_millis(at));
-                self.drain_armed = true;
+            if let Some(chunk) = s.framing_mut().next.take() {
+                return Some((Ok(chunk), s));
             }
-            // Cancel-safety: `sub.next()` keeps its state across drops;
-            // `cancelled`, `tick` and `sleep` are cancel-safe.
-            tokio::select! {
-                biased;
-                _ = &mut self.drain_at, if self.drain_armed => {
-                    self.phase = Phase::Done;
-                    self.log.reason = "node draining";
-                    let ms = rand::rng().random_range(DRAIN_RETRY_MS);
-                    tracing::debug!(task = %self.sub.task(), "closing for drain");
-                    return Some(Bytes::from(format!("retry: {ms}\n\n")));
-                }
-                _ = self.state.draining.started(), if !self.drain_armed => continue,
-                next = self.sub.next() => {
-                    return match next {
-                        Ok(Some(ev)) => Some(self.batch(ev)),
-                        Ok(None) => {
-                            self.phase = Phase::Done;
-                            self.log.reason = "task finished";
-                            None
-                        }
-                        Err(e) => {
-                            tracing::warn!(task = %self.sub.task(), cause = %e, "subscription failed; closing so the client resumes");
-                            self.phase = Phase::Done;
-                            self.log.reason = "backend unavailable";
-                            None
-                        }
-                    };
-                }
-                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": hb\n\n")),
+            if !s.step().await && s.framing_mut().next.is_none() {
+                return None;
             }
+        }
+    })
+}
+
+/// SSE framing: every write becomes the next body chunk. The peer cannot
+/// speak, so only hyper dropping the body ends a session from its side.
+pub struct SseFrames {
+    next: Option<Bytes>,
+}
+
+impl SseFrames {
+    /// Starts with a jittered `retry:`, so reconnects spread.
+    fn start() -> Self {
+        let ms = rand::rng().random_range(RETRY_MS);
+        SseFrames {
+            next: Some(Bytes::from(format!("retry: {ms}\n\n"))),
         }
     }
+}
 
-    /// The first event plus whatever else is ready, in one chunk.
-    fn batch(&mut self, first: Arc<Event>) -> Bytes {
-        let mut evs = vec![first];
-        while evs.len() < BATCH {
-            match self.sub.next_ready() {
-                Some(ev) => evs.push(ev),
-                None => break,
+impl Framing for SseFrames {
+    async fn send(&mut self, events: &[Arc<Event>]) -> Result<(), End> {
+        self.next = Some(match events {
+            [one] => one.sse.clone(),
+            _ => {
+                let mut buf = Vec::with_capacity(events.iter().map(|e| e.sse.len()).sum());
+                for e in events {
+                    buf.extend_from_slice(&e.sse);
+                }
+                Bytes::from(buf)
             }
-        }
-        self.record(&evs);
-        self.log.events += evs.len() as u64;
-        self.heartbeat.reset();
-        if evs.len() == 1 {
-            return evs[0].sse.clone();
-        }
-        let mut buf = Vec::with_capacity(evs.iter().map(|e| e.sse.len()).sum());
-        for e in &evs {
-            buf.extend_from_slice(&e.sse);
-        }
-        Bytes::from(buf)
+        });
+        Ok(())
     }
 
-    fn record(&self, evs: &[Arc<Event>]) {
-        let m = &self.state.metrics;
-        m.delivered
-            .get_or_create(&TransportLabel {
-                transport: Transport::Sse,
-            })
-            .inc_by(evs.len() as u64);
-        let now = chrono::Utc::now().timestamp_millis();
-        for e in evs.iter().filter(|e| e.ts > 0) {
-            m.delivery_latency
-                .observe((now - e.ts).max(0) as f64 / 1000.0);
+    async fn heartbeat(&mut self) -> Result<(), End> {
+        self.next = Some(Bytes::from_static(b": hb\n\n"));
+        Ok(())
+    }
+
+    async fn peer_end(&mut self) -> End {
+        std::future::pending().await
+    }
+
+    async fn finish(&mut self, end: End) {
+        if end == End::Draining {
+            let ms = rand::rng().random_range(DRAIN_RETRY_MS);
+            self.next = Some(Bytes::from(format!("retry: {ms}\n\n")));
         }
     }
 }

@@ -1,32 +1,36 @@
 //! `GET /v1/tasks/{task}/ws`: WebSocket, one text frame per envelope.
 //!
-//! Same subscription machinery as SSE (resume with `?after=N` or
-//! `Last-Event-ID`, gap filling, catch-up, `sluice.reset`). The session task
-//! runs on the node's tasks and owns everything the connection
-//! holds; it ends when the client leaves, a write stalls, pongs stop, the
-//! task ends (close 1000), the node drains (close 1012, at a jittered moment
-//! inside the drain window) or the backend cannot serve it (close 1013).
-//! A client message over [`MAX_CLIENT_MESSAGE`] closes it with 1009 (Message
-//! Too Big). Over the connection limit the upgrade itself is refused with 503.
+//! Same subscription and session as SSE (resume with `?after=N` or
+//! `Last-Event-ID`, gap filling, catch-up, `sluice.reset`). The session runs
+//! on the node's tasks and owns everything the connection holds; it ends
+//! when the client leaves, a write stalls, pongs stop, the task ends (close
+//! 1000), the node drains (close 1012, at a jittered moment inside the drain
+//! window) or the backend cannot serve it (close 1013). A client message
+//! over [`MAX_CLIENT_MESSAGE`] closes it with 1009 (Message Too Big). Over
+//! the connection limit the upgrade itself is refused with 503.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
+use sluice_shared::TaskId;
 use tokio::time::Instant;
 
 use crate::app::{parse_query, parse_task};
 use crate::error::ApiError;
 use crate::limits::ConnGuard;
-use crate::metrics::{Transport, TransportLabel};
+use crate::metrics::Transport;
+use crate::session::{Conn, End, Framing, Session, Sessions};
 use crate::state::SharedState;
 use crate::subscription::{Opening, Start};
-use crate::transport::sse::{admit, resume_point, AliveGuard};
-use crate::transport::ConnLog;
+use crate::transport::sse::{admit, resume_point};
+use crate::wire::Event;
 
 /// Largest message a client may send (clients send nothing meaningful).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
@@ -39,13 +43,15 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_RESTART: u16 = 1012;
 pub const CLOSE_TRY_AGAIN: u16 = 1013;
+/// Longest wait to write the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn subscribe(
     State(state): State<SharedState>,
     Path(task): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let task = parse_task(&task)?;
     let query = parse_query(q.as_deref());
@@ -54,15 +60,15 @@ pub async fn subscribe(
     let upgrade = upgrade
         .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
     let guard = admit(&state, Transport::Ws)?;
+    let sessions = state.sessions.clone();
     let upgrade = upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .write_buffer_size(0);
-    let st = state.clone();
     Ok(upgrade
         .on_upgrade(move |socket| {
-            let tasks = st.tasks.clone();
-            let session = session(st, socket, task, start, guard);
+            let tasks = sessions.tasks.clone();
+            let session = serve(sessions, socket, task, start, guard);
             async move {
                 tasks.track(session).await;
             }
@@ -70,134 +76,135 @@ pub async fn subscribe(
         .into_response())
 }
 
-async fn session(
-    state: SharedState,
-    mut socket: WebSocket,
-    task: sluice_shared::TaskId,
+/// One WebSocket session, from opening the subscription to the close frame.
+async fn serve(
+    sessions: Arc<Sessions>,
+    socket: WebSocket,
+    task: TaskId,
     start: Start,
     guard: ConnGuard,
 ) {
-    let _alive = AliveGuard::new(&state.metrics);
-    let _guard = guard;
-    let mut log = ConnLog::new("ws", &task);
-    let opening = state.subscriptions.open(task, start).await;
-    let mut sub = match opening {
-        Ok(Opening::Stream(sub)) => sub,
-        Ok(Opening::Finished) => {
-            log.reason = "task finished";
-            close(&mut socket, CLOSE_NORMAL, "task finished").await;
-            return;
+    let mut conn = Conn::new(&sessions.metrics, Transport::Ws, &task, guard);
+    let mut frames = WsFrames::new(socket, sessions.heartbeat);
+    let end = match sessions.subscriptions.open(task, start).await {
+        Ok(Opening::Stream(sub)) => {
+            return Session::new(&sessions, conn, sub, frames).run().await;
         }
+        Ok(Opening::Finished) => End::Finished,
         Err(e) => {
             tracing::warn!(cause = %e, "cannot open subscription");
-            log.reason = "backend unavailable";
-            close(&mut socket, CLOSE_TRY_AGAIN, "backend unavailable").await;
-            return;
+            End::BackendUnavailable
         }
     };
-    let (mut tx, mut rx) = socket.split();
-    let hb = state.heartbeat;
-    let write_deadline = hb * 2;
-    let mut ping = tokio::time::interval_at(Instant::now() + hb, hb);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_pong = Instant::now();
-    let mut awaiting_pong = false;
-    let drain_at = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
-    tokio::pin!(drain_at);
-    let mut drain_armed = false;
-    let delivered = state
-        .metrics
-        .delivered
-        .get_or_create(&TransportLabel {
-            transport: Transport::Ws,
-        })
-        .clone();
+    conn.ended(end);
+    frames.finish(end).await;
+}
 
-    let (code, reason): (u16, &'static str) = loop {
-        if !drain_armed && state.is_draining() {
-            let ms = rand::rng().random_range(0..=state.drain_window.as_millis() as u64);
-            drain_at
-                .as_mut()
-                .reset(Instant::now() + Duration::from_millis(ms));
-            drain_armed = true;
+/// WebSocket framing: one text frame per envelope, pings as heartbeats
+/// (a peer that has not answered the previous one within two intervals is
+/// gone), and a close frame with a code for every way a session ends.
+struct WsFrames {
+    tx: SplitSink<WebSocket, Message>,
+    rx: SplitStream<WebSocket>,
+    /// The ping interval; a write must finish within two of them.
+    interval: Duration,
+    last_pong: Instant,
+    awaiting_pong: bool,
+}
+
+impl WsFrames {
+    fn new(socket: WebSocket, interval: Duration) -> Self {
+        let (tx, rx) = socket.split();
+        WsFrames {
+            tx,
+            rx,
+            interval,
+            last_pong: Instant::now(),
+            awaiting_pong: false,
         }
-        // Cancel-safety: `sub.next()` keeps its state across drops; `rx.next`,
-        // `cancelled`, `tick` and `sleep` are cancel-safe.
-        tokio::select! {
-            biased;
-            _ = &mut drain_at, if drain_armed => break (CLOSE_RESTART, "node draining; reconnect"),
-            _ = state.draining.started(), if !drain_armed => continue,
-            msg = rx.next() => match msg {
+    }
+
+    fn write_deadline(&self) -> Duration {
+        self.interval * 2
+    }
+}
+
+impl Framing for WsFrames {
+    async fn send(&mut self, events: &[Arc<Event>]) -> Result<(), End> {
+        for ev in events {
+            let Ok(text) = Utf8Bytes::try_from(ev.json.clone()) else {
+                continue;
+            };
+            if self.tx.feed(Message::Text(text)).await.is_err() {
+                return Err(End::WriteFailed);
+            }
+        }
+        match tokio::time::timeout(self.write_deadline(), self.tx.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::WriteFailed),
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), End> {
+        if self.awaiting_pong && self.last_pong.elapsed() > self.interval * 2 {
+            return Err(End::PongTimeout);
+        }
+        let deadline = self.write_deadline();
+        let ping = self.tx.send(Message::Ping(Default::default()));
+        match tokio::time::timeout(deadline, ping).await {
+            Ok(Ok(())) => {
+                self.awaiting_pong = true;
+                Ok(())
+            }
+            _ => Err(End::WriteFailed),
+        }
+    }
+
+    /// Cancel-safe: `rx.next()` is, and the pong state only changes after
+    /// it returned.
+    async fn peer_end(&mut self) -> End {
+        loop {
+            match self.rx.next().await {
                 Some(Ok(Message::Pong(_))) => {
-                    last_pong = Instant::now();
-                    awaiting_pong = false;
+                    self.last_pong = Instant::now();
+                    self.awaiting_pong = false;
                 }
-                Some(Ok(Message::Close(_))) | None => break (CLOSE_NORMAL, "client closed"),
+                Some(Ok(Message::Close(_))) | None => return End::PeerClosed,
                 Some(Ok(_)) => {} // clients send nothing meaningful
                 Some(Err(e)) => {
                     tracing::debug!(cause = %e, "websocket read failed");
-                    if is_too_big(&e) {
-                        break (CLOSE_TOO_BIG, "message too big");
-                    }
-                    break (CLOSE_POLICY, "protocol error");
+                    return if is_too_big(&e) {
+                        End::TooBig
+                    } else {
+                        End::ProtocolError
+                    };
                 }
-            },
-            next = sub.next() => match next {
-                Ok(Some(ev)) => {
-                    let mut batch = vec![ev];
-                    while batch.len() < 64 {
-                        match sub.next_ready() {
-                            Some(ev) => batch.push(ev),
-                            None => break,
-                        }
-                    }
-                    let now_ms = chrono::Utc::now().timestamp_millis();
-                    let mut ok = true;
-                    for ev in &batch {
-                        let text = match Utf8Bytes::try_from(ev.json.clone()) {
-                            Ok(t) => t,
-                            Err(_) => continue,
-                        };
-                        if tx.feed(Message::Text(text)).await.is_err() {
-                            ok = false;
-                            break;
-                        }
-                        if ev.ts > 0 {
-                            state.metrics.delivery_latency.observe((now_ms - ev.ts).max(0) as f64 / 1000.0);
-                        }
-                    }
-                    let flushed = ok && matches!(tokio::time::timeout(write_deadline, tx.flush()).await, Ok(Ok(())));
-                    if !flushed {
-                        break (CLOSE_GOING_AWAY, "write failed or stalled");
-                    }
-                    delivered.inc_by(batch.len() as u64);
-                    log.events += batch.len() as u64;
-                    ping.reset();
-                }
-                Ok(None) => break (CLOSE_NORMAL, "task finished"),
-                Err(e) => {
-                    tracing::warn!(cause = %e, "subscription failed");
-                    break (CLOSE_TRY_AGAIN, "backend unavailable");
-                }
-            },
-            _ = ping.tick() => {
-                if awaiting_pong && last_pong.elapsed() > hb * 2 {
-                    break (CLOSE_GOING_AWAY, "pong timeout");
-                }
-                let sent = tokio::time::timeout(write_deadline, tx.send(Message::Ping(Default::default()))).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    break (CLOSE_GOING_AWAY, "write failed or stalled");
-                }
-                awaiting_pong = true;
             }
         }
-    };
-    log.reason = reason;
-    let frame = Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }));
-    let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(frame)).await;
+    }
+
+    async fn finish(&mut self, end: End) {
+        let (code, reason) = close_frame(end);
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        }));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tx.send(frame)).await;
+    }
+}
+
+/// The close code and reason that end a session.
+fn close_frame(end: End) -> (u16, &'static str) {
+    match end {
+        End::Finished => (CLOSE_NORMAL, "task finished"),
+        End::PeerClosed => (CLOSE_NORMAL, "client closed"),
+        End::Draining => (CLOSE_RESTART, "node draining; reconnect"),
+        End::BackendUnavailable => (CLOSE_TRY_AGAIN, "backend unavailable"),
+        End::WriteFailed => (CLOSE_GOING_AWAY, "write failed or stalled"),
+        End::PongTimeout => (CLOSE_GOING_AWAY, "pong timeout"),
+        End::TooBig => (CLOSE_TOO_BIG, "message too big"),
+        End::ProtocolError => (CLOSE_POLICY, "protocol error"),
+    }
 }
 
 /// Whether a read failed because the client's message (or one frame of it)
@@ -216,14 +223,6 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = Message::Close(Some(CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    }));
-    let _ = tokio::time::timeout(Duration::from_secs(2), socket.send(frame)).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +239,23 @@ mod tests {
         assert!(!is_too_big(&other));
         let headers = axum::Error::new(Error::Capacity(CapacityError::TooManyHeaders));
         assert!(!is_too_big(&headers));
+    }
+
+    #[test]
+    fn close_codes() {
+        assert_eq!(close_frame(End::Finished).0, 1000);
+        assert_eq!(close_frame(End::PeerClosed).0, 1000);
+        assert_eq!(close_frame(End::PongTimeout), (1001, "pong timeout"));
+        assert_eq!(close_frame(End::WriteFailed).0, 1001);
+        assert_eq!(close_frame(End::ProtocolError).0, 1008);
+        assert_eq!(close_frame(End::TooBig).0, 1009);
+        assert_eq!(
+            close_frame(End::Draining),
+            (1012, "node draining; reconnect")
+        );
+        assert_eq!(
+            close_frame(End::BackendUnavailable),
+            (1013, "backend unavailable")
+        );
     }
 }
