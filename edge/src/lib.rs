@@ -1,23 +1,46 @@
-//! Sluice's read side: an edge node serving task events over SSE (and
-//! WebSocket), from Redis (or an embedded store), with exact resume.
+//! Sluice's read side: an edge node serving task events over SSE and
+//! WebSocket, from Redis (or an embedded store), with exact resume.
 //!
 //! ```text
 //! FeedReader (one per node) ─▶ Hub (task ─▶ subscribers, encode once)
-//!     ─▶ Subscription (bounded queue, last seq) ─▶ SSE body / WS session
+//!     ─▶ Subscription (bounded queue, last seq) ─▶ Session ─▶ SSE body / WS frames
 //! catch-up, resume, gap fill: Store::history from the task log
 //! ```
 //!
-//! [`run`] is the library entry the binary calls; tests start a [`Node`]
-//! to read its state.
+//! # Layout
+//!
+//! - [`node`]: a node's lifetime: starts its parts and tasks, drains and
+//!   stops them in order. [`lifecycle`]: the "draining" fact and the
+//!   tracker every node task runs on.
+//! - [`http`]: the router, request extractors, admission, and one thin
+//!   handler module per endpoint family (tasks, publish, sse, ws, health,
+//!   dashboard); its state is one part per concern.
+//! - [`session`]: the session driver SSE and WebSocket share (batching,
+//!   heartbeats, drain, end of stream, metrics, the connection log); the
+//!   transports in `http::sse` and `http::ws` only frame bytes.
+//! - [`subscription`]: one (connection, task) cursor: snapshot, resume, gap
+//!   fill, catch-up, resets. [`hub`]: the live fan-out to subscriptions.
+//!   [`wire`]: the encoding of events (SSE frame, JSON envelope).
+//! - [`store`] (memory and Redis) and [`feed`]: the backend and the live
+//!   feed reader.
+//! - [`auth`] (subscriber tokens), [`limits`] (connection limit and rate),
+//!   [`error`] (JSON API errors), [`metrics`], [`config`].
+//! - [`status`] (what the node is and holds), [`registry`] (node registry
+//!   and janitor, Redis only), [`cluster`] (the registry's view, shared with
+//!   the dashboard), [`dashboard`] (its stats stream), [`demo`] (the
+//!   `--demo` producer).
+//!
+//! [`run`] is the entry the binary calls; tests start a [`Node`] to watch
+//! its status.
 
-pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod feed;
-pub mod health;
+pub mod http;
 pub mod hub;
 pub mod lifecycle;
 pub mod limits;
@@ -25,10 +48,9 @@ pub mod metrics;
 pub mod node;
 pub mod registry;
 pub mod session;
-pub mod state;
+pub mod status;
 pub mod store;
 pub mod subscription;
-pub mod transport;
 pub mod wire;
 
 use std::sync::Arc;

@@ -22,16 +22,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::auth::Access;
+use crate::cluster::ClusterView;
 use crate::config::Config;
+use crate::http::{self, AppState, Publishing};
 use crate::hub::Hub;
 use crate::lifecycle::{Draining, Tasks};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::session::Sessions;
-use crate::state::AppState;
+use crate::status::NodeStatus;
 use crate::store::{FeedSink, Store};
 use crate::subscription::Subscriptions;
-use crate::{app, auth, demo, registry};
+use crate::{demo, registry};
 
 /// How long past the drain window the node waits for its last connections.
 pub const DRAIN_SLACK: Duration = Duration::from_secs(2);
@@ -42,7 +45,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A running node. Dropping it without [`Node::stop`] aborts everything it
 /// runs, without draining.
 pub struct Node {
-    state: Arc<AppState>,
+    status: Arc<NodeStatus>,
+    drain_window: Duration,
     tasks: Tasks,
     /// Cancelled last (or on drop): aborts whatever still runs.
     root: CancellationToken,
@@ -67,25 +71,26 @@ impl Node {
         let abort_on_error = root.clone().drop_guard();
         let tasks = Tasks::new(root.clone());
         let (stop_feed, stop_rest) = (root.child_token(), root.child_token());
-        let state = Arc::new(app_state(
-            config,
-            node_id,
-            store,
-            Draining::child_of(&root),
-            &tasks,
-        ));
-        let app = app::router(state.clone());
+        let status = Arc::new(parts(config, node_id, store, Draining::child_of(&root)));
+        let app = http::router(app_state(config, &status, &tasks));
         let feed = {
-            let (store, stop) = (state.store.clone(), stop_feed.clone());
-            let sink: Arc<dyn FeedSink> = state.hub.clone();
+            let (store, stop) = (status.store.clone(), stop_feed.clone());
+            let sink: Arc<dyn FeedSink> = status.hub.clone();
             AbortOnDropHandle::new(tasks.spawn(async move { store.run_feed(sink, stop).await }))
         };
         if config.demo {
-            tasks.spawn(demo::run(state.store.clone(), stop_rest.clone()));
+            tasks.spawn(demo::run(status.store.clone(), stop_rest.clone()));
         }
         let addr = listener.local_addr()?;
-        registry::spawn(&tasks, &state, addr, &stop_rest)?;
-        tracing::info!(node = %state.node_id, %addr, store = state.store.kind(), "sluice-edge serving");
+        status.cluster.set_address(registry::advertised(addr));
+        registry::spawn(
+            &tasks,
+            &status,
+            config.redis_url.as_deref(),
+            config.node_grace(),
+            stop_rest.clone(),
+        )?;
+        tracing::info!(node = %status.node_id, %addr, store = status.store.kind(), "sluice-edge serving");
         let server = {
             let stop = stop_rest.clone();
             let serve = axum::serve(listener, app)
@@ -94,7 +99,8 @@ impl Node {
         };
         abort_on_error.disarm();
         Ok(Node {
-            state,
+            status,
+            drain_window: config.drain(),
             tasks,
             root,
             stop_feed,
@@ -104,9 +110,9 @@ impl Node {
         })
     }
 
-    /// The node's state (tests read its counters).
-    pub fn state(&self) -> Arc<AppState> {
-        self.state.clone()
+    /// What the node is and holds (readiness, counters, its id).
+    pub fn status(&self) -> Arc<NodeStatus> {
+        self.status.clone()
     }
 
     /// Serves until `shutdown` fires, then drains and stops.
@@ -117,15 +123,14 @@ impl Node {
 
     /// Drains and stops, in the order of the module documentation.
     pub async fn stop(mut self) {
-        let limits = &self.state.limits;
-        self.state.draining.start();
+        let limits = &self.status.limits;
+        self.status.draining.start();
         tracing::info!(
             open = limits.in_use(),
-            window_secs = self.state.sessions.drain_window.as_secs(),
+            window_secs = self.drain_window.as_secs(),
             "draining"
         );
-        let window = self.state.sessions.drain_window + DRAIN_SLACK;
-        let drained = tokio::time::timeout(window, limits.idle()).await;
+        let drained = tokio::time::timeout(self.drain_window + DRAIN_SLACK, limits.idle()).await;
         if drained.is_err() {
             tracing::warn!(
                 open = limits.in_use(),
@@ -140,7 +145,7 @@ impl Node {
             tracing::warn!("feed reader did not stop within 5 s; aborting it");
             self.feed.abort();
         }
-        if let Err(e) = self.state.store.release().await {
+        if let Err(e) = self.status.store.release().await {
             tracing::warn!(cause = %e, "could not release consumer groups");
         }
         self.stop_rest.cancel();
@@ -157,7 +162,7 @@ impl Node {
             Ok(None) => tracing::warn!("server did not stop within 5 s"),
             Err(e) => tracing::warn!(cause = %e, "server task failed"),
         }
-        tracing::info!(node = %self.state.node_id, "stopped");
+        tracing::info!(node = %self.status.node_id, "stopped");
     }
 }
 
@@ -167,47 +172,62 @@ impl Drop for Node {
     }
 }
 
-/// What every handler shares.
-fn app_state(
+/// The node's shared parts, as its status holds them.
+fn parts(
     config: &Config,
     node_id: String,
     store: Arc<dyn Store>,
     draining: Draining,
-    tasks: &Tasks,
-) -> AppState {
+) -> NodeStatus {
     let metrics = Arc::new(Metrics::default());
-    let hub = Hub::new(config.queue_capacity, metrics.clone());
     store.attach_metrics(metrics.clone());
-    let verifier =
-        (!config.auth_secret.is_empty()).then(|| auth::Verifier::new(&config.auth_secret));
-    if verifier.is_none() {
+    NodeStatus {
+        node_id,
+        shards: config.shards,
+        demo: config.demo,
+        hub: Hub::new(config.queue_capacity, metrics.clone()),
+        limits: Arc::new(Limits::new(
+            config.max_connections,
+            config.max_connect_rate,
+            metrics.clone(),
+        )),
+        cluster: Arc::new(ClusterView::default()),
+        store,
+        metrics,
+        draining,
+    }
+}
+
+/// The router's state: each handler's part of the node.
+fn app_state(config: &Config, status: &Arc<NodeStatus>, tasks: &Tasks) -> AppState {
+    let access = Arc::new(Access::new(&config.auth_secret, status.metrics.clone()));
+    if access.is_open() {
         tracing::warn!("subscriber auth is OFF (--insecure/--demo): anyone can read any task");
     }
-    let limits = Arc::new(Limits::new(
-        config.max_connections,
-        config.max_connect_rate,
-        metrics.clone(),
-    ));
+    let sessions = Sessions {
+        subscriptions: Subscriptions::new(
+            status.hub.clone(),
+            status.store.clone(),
+            status.metrics.clone(),
+            config.history_page,
+        ),
+        limits: status.limits.clone(),
+        metrics: status.metrics.clone(),
+        draining: status.draining.clone(),
+        heartbeat: config.heartbeat(),
+        drain_window: config.drain(),
+        tasks: tasks.clone(),
+    };
     AppState {
-        node_id,
-        store: store.clone(),
-        hub: hub.clone(),
-        metrics: metrics.clone(),
-        limits: limits.clone(),
-        sessions: Arc::new(Sessions {
-            subscriptions: Subscriptions::new(hub, store, metrics.clone(), config.history_page),
-            limits,
-            metrics,
-            draining: draining.clone(),
-            heartbeat: config.heartbeat(),
-            drain_window: config.drain(),
-            tasks: tasks.clone(),
-        }),
-        draining,
-        verifier,
-        demo: config.demo,
-        publish_keys: config.publish_key.clone(),
-        config: config.clone(),
-        cluster: Default::default(),
+        status: status.clone(),
+        access,
+        store: status.store.clone(),
+        publishing: Arc::new(Publishing::new(
+            config.publish_key.clone(),
+            config.demo,
+            status.store.clone(),
+            status.metrics.clone(),
+        )),
+        sessions: Arc::new(sessions),
     }
 }

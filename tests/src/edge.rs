@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_edge::state::AppState;
+use sluice_edge::status::NodeStatus;
 use sluice_edge::{Config, Node};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct EdgeHandle {
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
+    pub state: Arc<NodeStatus>,
     pub shutdown: CancellationToken,
     join: Option<JoinHandle<()>>,
 }
@@ -59,7 +59,7 @@ pub async fn spawn_edge(args: &[&str]) -> EdgeHandle {
     let node = Node::start(&config, node_id, store, listener)
         .await
         .expect("edge started");
-    let state = node.state();
+    let state = node.status();
     let join = tokio::spawn(node.run_until(shutdown.clone()));
     let edge = EdgeHandle {
         addr,

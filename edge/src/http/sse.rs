@@ -12,19 +12,18 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use rand::Rng;
 
-use crate::app::{parse_query, parse_seq, parse_task};
+use super::admission::admit;
+use super::extract::Subscribe;
 use crate::error::ApiError;
-use crate::limits::{ConnGuard, Refusal};
-use crate::metrics::{RefuseReason, Transport};
-use crate::session::{Conn, End, Framing, Session};
-use crate::state::SharedState;
-use crate::subscription::{Opening, Start};
+use crate::metrics::Transport;
+use crate::session::{Conn, End, Framing, Session, Sessions};
+use crate::subscription::Opening;
 use crate::wire::Event;
 
 /// Range of the initial `retry:` (ms), jittered so reconnect storms spread.
@@ -32,75 +31,17 @@ pub const RETRY_MS: std::ops::Range<u64> = 1_000..5_000;
 /// Range of the `retry:` sent when draining (ms): reconnect soon, elsewhere.
 pub const DRAIN_RETRY_MS: std::ops::Range<u64> = 100..1_000;
 
-/// Admission common to SSE and WebSocket: draining, limit and rate.
-pub fn admit(state: &SharedState, transport: Transport) -> Result<ConnGuard, ApiError> {
-    if state.is_draining() {
-        state.metrics.refuse(RefuseReason::Draining);
-        return Err(ApiError::unavailable(
-            "draining",
-            "this node is draining; reconnect to another",
-            1,
-        ));
-    }
-    state.limits.try_admit(transport).map_err(|r| {
-        let jitter = rand::rng().random_range(1..=5);
-        match r {
-            Refusal::Full => {
-                state.metrics.refuse(RefuseReason::ConnectionLimit);
-                ApiError::unavailable(
-                    "too_many_connections",
-                    "this node is at its connection limit",
-                    jitter,
-                )
-            }
-            Refusal::Rate => {
-                state.metrics.refuse(RefuseReason::ConnectRate);
-                ApiError::unavailable(
-                    "connect_rate_limited",
-                    "too many new connections; retry shortly",
-                    jitter,
-                )
-            }
-        }
-    })
-}
-
-/// The resume point from `Last-Event-ID` (wins: browsers send it on
-/// reconnect while the URL keeps the original `after`) or `?after=`.
-pub fn resume_point(
-    headers: &HeaderMap,
-    query: &std::collections::HashMap<String, String>,
-) -> Result<Start, ApiError> {
-    if let Some(v) = headers.get("last-event-id") {
-        let v = v.to_str().map_err(|_| {
-            ApiError::bad_request("invalid_resume_point", "Last-Event-ID is not ASCII")
-        })?;
-        return Ok(Start::After(parse_seq("Last-Event-ID", v)?));
-    }
-    match query.get("after") {
-        Some(v) => Ok(Start::After(parse_seq("after", v)?)),
-        None => Ok(Start::Latest),
-    }
-}
-
 pub async fn subscribe(
-    State(state): State<SharedState>,
-    Path(task): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    State(sessions): State<Arc<Sessions>>,
+    Subscribe { task, start }: Subscribe,
 ) -> Result<Response, ApiError> {
-    let task = parse_task(&task)?;
-    let query = parse_query(q.as_deref());
-    let start = resume_point(&headers, &query)?;
-    crate::auth::authorize(&state, &headers, &query, &task)?;
-    let guard = admit(&state, Transport::Sse)?;
-    let sessions = &state.sessions;
+    let guard = admit(&sessions, Transport::Sse)?;
     let sub = match sessions.subscriptions.open(task, start).await? {
         Opening::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
         Opening::Stream(sub) => sub,
     };
     let conn = Conn::new(&sessions.metrics, Transport::Sse, sub.task(), guard);
-    let session = Session::new(sessions, conn, sub, SseFrames::start());
+    let session = Session::new(&sessions, conn, sub, SseFrames::start());
     Ok(event_stream(body(session)))
 }
 

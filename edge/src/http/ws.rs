@@ -14,22 +14,20 @@ use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use sluice_shared::TaskId;
 use tokio::time::Instant;
 
-use crate::app::{parse_query, parse_task};
+use super::admission::admit;
+use super::extract::Subscribe;
 use crate::error::ApiError;
 use crate::limits::ConnGuard;
 use crate::metrics::Transport;
 use crate::session::{Conn, End, Framing, Session, Sessions};
-use crate::state::SharedState;
 use crate::subscription::{Opening, Start};
-use crate::transport::sse::{admit, resume_point};
 use crate::wire::Event;
 
 /// Largest message a client may send (clients send nothing meaningful).
@@ -47,20 +45,13 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn subscribe(
-    State(state): State<SharedState>,
-    Path(task): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    State(sessions): State<Arc<Sessions>>,
+    Subscribe { task, start }: Subscribe,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let task = parse_task(&task)?;
-    let query = parse_query(q.as_deref());
-    let start = resume_point(&headers, &query)?;
-    crate::auth::authorize(&state, &headers, &query, &task)?;
     let upgrade = upgrade
         .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
-    let guard = admit(&state, Transport::Ws)?;
-    let sessions = state.sessions.clone();
+    let guard = admit(&sessions, Transport::Ws)?;
     let upgrade = upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
