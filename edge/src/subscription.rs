@@ -139,11 +139,6 @@ impl Subscription {
         &self.task
     }
 
-    /// Last delivered seq (the resume point a reconnect would use).
-    pub fn last_seq(&self) -> Seq {
-        self.last
-    }
-
     fn reset(&mut self, snapshot: Option<&Snapshot>) {
         self.metrics.resets.inc();
         self.pending.clear();
