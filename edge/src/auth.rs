@@ -1,20 +1,18 @@
-//! Subscriber authorization: HS256 JWTs whose `tasks` claim covers the task,
-//! from `Authorization: Bearer` or `?token=` (EventSource cannot set
-//! headers). Missing, malformed, badly signed or expired: 401; valid but not
-//! for this task: 403. With no secret (`--insecure` / `--demo`) every
-//! subscription is allowed.
+//! Subscriber authorization: HS256 JWTs whose `tasks` claim covers the task
+//! (the HTTP layer finds the token in `Authorization: Bearer` or `?token=`:
+//! EventSource cannot set headers). Missing, malformed, badly signed or
+//! expired: 401; valid but not for this task: 403. With no secret
+//! (`--insecure` / `--demo`) every subscription is allowed.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use sluice_shared::token::Claims;
 use sluice_shared::TaskId;
 
-use crate::app::bearer;
 use crate::error::ApiError;
-use crate::metrics::RefuseReason;
-use crate::state::SharedState;
+use crate::metrics::{Metrics, RefuseReason};
 
 /// Longest token accepted (bytes).
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -62,37 +60,50 @@ impl Verifier {
     }
 }
 
-/// Checks that the request may read `task`.
-pub fn authorize(
-    state: &SharedState,
-    headers: &HeaderMap,
-    query: &HashMap<String, String>,
-    task: &TaskId,
-) -> Result<(), ApiError> {
-    let Some(verifier) = &state.verifier else {
-        return Ok(());
-    };
-    let token = bearer(headers).or_else(|| query.get("token").map(String::as_str));
-    let Some(token) = token else {
-        state.metrics.refuse(RefuseReason::Unauthorized);
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a token is required (Authorization: Bearer or ?token=)",
-        ));
-    };
-    let claims = verifier.verify(token).map_err(|why| {
-        state.metrics.refuse(RefuseReason::Unauthorized);
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
-    })?;
-    if claims.allows(task.as_str()) {
-        Ok(())
-    } else {
-        state.metrics.refuse(RefuseReason::Forbidden);
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("the token does not cover task {task}"),
-        ))
+/// Who may read which task: the token verifier (`None` when the node runs
+/// open) and the metrics that count refusals.
+pub struct Access {
+    verifier: Option<Verifier>,
+    metrics: Arc<Metrics>,
+}
+
+impl Access {
+    /// Verifies tokens signed with any of `secrets`; no secret: open.
+    pub fn new(secrets: &[String], metrics: Arc<Metrics>) -> Self {
+        let verifier = (!secrets.is_empty()).then(|| Verifier::new(secrets));
+        Access { verifier, metrics }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.verifier.is_none()
+    }
+
+    /// Checks that the bearer of `token` may read `task`.
+    pub fn authorize(&self, token: Option<&str>, task: &TaskId) -> Result<(), ApiError> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(());
+        };
+        let Some(token) = token else {
+            self.metrics.refuse(RefuseReason::Unauthorized);
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a token is required (Authorization: Bearer or ?token=)",
+            ));
+        };
+        let claims = verifier.verify(token).map_err(|why| {
+            self.metrics.refuse(RefuseReason::Unauthorized);
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
+        })?;
+        if claims.allows(task.as_str()) {
+            Ok(())
+        } else {
+            self.metrics.refuse(RefuseReason::Forbidden);
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("the token does not cover task {task}"),
+            ))
+        }
     }
 }

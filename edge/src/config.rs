@@ -162,10 +162,6 @@ impl Config {
         Duration::from_secs(self.node_grace_secs)
     }
 
-    pub fn open_auth(&self) -> bool {
-        self.auth_secret.is_empty() && (self.insecure || self.demo)
-    }
-
     pub fn publisher(&self) -> PublisherConfig {
         PublisherConfig {
             shards: self.shards,

@@ -1,6 +1,5 @@
-//! `GET /`: the live dashboard, one self-contained page (inline CSS and JS,
-//! no CDN, no build step), and `GET /v1/dashboard/events`: the node's stats
-//! as Server-Sent Events, one `event: stats` frame per second:
+//! The dashboard's stats: one `event: stats` frame per second for
+//! `GET /v1/dashboard/events` (see `http::dashboard`):
 //!
 //! - `node`: this node's connections, subscriptions, tasks and rates;
 //! - `top_tasks`: tasks with the most local subscribers;
@@ -8,99 +7,47 @@
 //!   rates and lag, and every shard feed's length and groups, as
 //!   `sluice status --json` shows them; `null` on the memory store;
 //! - `demo` (`--demo`): the latest snapshot of each demo task's current round;
-//! - `watched`: the latest snapshot of each task the viewer asked for with
-//!   `?task=a&task=b` (at most [`MAX_WATCHED`]; with auth on, `?token=` must
-//!   allow each), which the page draws as progress bars from `data.pct`.
-//!   The page passes its own `?task=` on, so `/?task=job-42` follows job-42.
+//! - `watched`: the latest snapshot of each task the viewer asked for, which
+//!   the page draws as progress bars from `data.pct`.
 //!
-//! The stats stream ends when the node starts draining (the browser's
-//! EventSource then reconnects, through the load balancer, to another node),
-//! so it never holds up shutdown. Viewers are capped per node.
+//! The stream ends when the node starts draining (the browser's EventSource
+//! then reconnects, through the load balancer, to another node), so it never
+//! holds up shutdown.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::Stream;
 use serde::Serialize;
 use sluice_broker::nodes::{ClusterStatus, NodeInfo};
 use sluice_shared::event::{Snapshot, TaskState};
 use sluice_shared::TaskId;
 use tokio::time::{Instant, Interval};
 
+use crate::cluster::Watcher;
 use crate::demo::DEMO_TASKS;
-use crate::error::ApiError;
-use crate::registry::{self, Counters, Watcher};
-use crate::state::SharedState;
+use crate::status::{Counters, NodeStatus};
 
-/// The page.
-pub const PAGE: &str = include_str!("dashboard.html");
 /// Time between two stats frames.
 pub const FRAME_EVERY: Duration = Duration::from_secs(1);
-/// Most dashboard streams one node serves at once.
-pub const MAX_VIEWERS: usize = 32;
 /// Tasks listed under "top tasks".
 pub const TOP_TASKS: usize = 10;
-/// Most tasks one viewer can follow.
-pub const MAX_WATCHED: usize = 8;
 /// Highest demo round the discovery probes (about 2^20).
 const MAX_DEMO_ROUND: u64 = 1 << 20;
 
-/// Scripts and styles are inline; nothing may load from elsewhere.
-const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'";
-
-pub async fn page() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::CONTENT_SECURITY_POLICY, CSP),
-        ],
-        PAGE,
-    )
-        .into_response()
-}
-
-pub async fn events(
-    State(state): State<SharedState>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let watched = watched_tasks(&state, q.as_deref(), &headers)?;
-    if state.is_draining() {
-        return Err(ApiError::unavailable(
-            "draining",
-            "this node is draining; reconnect to another",
-            1,
-        ));
-    }
-    let Some(watcher) = state.cluster.watch(MAX_VIEWERS) else {
-        return Err(ApiError::unavailable(
-            "too_many_viewers",
-            format!("this node serves at most {MAX_VIEWERS} dashboards at once"),
-            5,
-        ));
-    };
-    tracing::debug!(
-        viewers = state.cluster.watchers(),
-        "dashboard viewer joined"
-    );
-    let session = StatsSession::new(state, watcher, watched);
-    let body = Body::from_stream(futures_util::stream::unfold(session, |mut s| async move {
-        s.step().await.map(|b| (Ok::<_, Infallible>(b), s))
-    }));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("x-accel-buffering"), "no"),
-        ],
-        body,
-    )
-        .into_response())
+/// The stats stream of one viewer (who holds `watcher` while it lasts),
+/// following the `watched` tasks.
+pub fn stats(
+    status: Arc<NodeStatus>,
+    watcher: Watcher,
+    watched: Vec<TaskId>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send {
+    let session = StatsSession::new(status, watcher, watched);
+    futures_util::stream::unfold(session, |mut s| async move {
+        s.step().await.map(|b| (Ok(b), s))
+    })
 }
 
 /// One stats frame.
@@ -164,40 +111,8 @@ impl TaskProgress {
     }
 }
 
-/// The `?task=` list of a stats request, each checked like a subscription.
-fn watched_tasks(
-    state: &SharedState,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Vec<TaskId>, ApiError> {
-    let raw = query.unwrap_or("");
-    let params = crate::app::parse_query(Some(raw));
-    let mut tasks: Vec<TaskId> = Vec::new();
-    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-        if k != "task" {
-            continue;
-        }
-        for t in v.split(',').filter(|t| !t.is_empty()) {
-            let task = crate::app::parse_task(t)?;
-            if !tasks.contains(&task) {
-                tasks.push(task);
-            }
-        }
-    }
-    if tasks.len() > MAX_WATCHED {
-        return Err(ApiError::bad_request(
-            "too_many_tasks",
-            format!("a dashboard follows at most {MAX_WATCHED} tasks"),
-        ));
-    }
-    for task in &tasks {
-        crate::auth::authorize(state, headers, &params, task)?;
-    }
-    Ok(tasks)
-}
-
 struct StatsSession {
-    state: SharedState,
+    status: Arc<NodeStatus>,
     tick: Interval,
     before: Counters,
     demo: Option<DemoRounds>,
@@ -207,13 +122,13 @@ struct StatsSession {
 }
 
 impl StatsSession {
-    fn new(state: SharedState, watcher: Watcher, watched: Vec<TaskId>) -> Self {
+    fn new(status: Arc<NodeStatus>, watcher: Watcher, watched: Vec<TaskId>) -> Self {
         let mut tick = tokio::time::interval_at(Instant::now(), FRAME_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let before = Counters::read(&state);
-        let demo = state.demo.then(DemoRounds::default);
+        let before = status.counters();
+        let demo = status.demo.then(DemoRounds::default);
         StatsSession {
-            state,
+            status,
             tick,
             before,
             demo,
@@ -229,21 +144,21 @@ impl StatsSession {
             self.started = true;
             return Some(Bytes::from_static(b"retry: 1000\n\n"));
         }
-        let drain = self.state.drain.clone();
+        let draining = self.status.draining.clone();
         // Cancel-safety: `tick` is cancel-safe; a frame being built when the
         // node drains is dropped, and the stream ends.
         tokio::select! {
             biased;
-            _ = drain.cancelled() => None,
+            () = draining.started() => None,
             frame = self.next_frame() => Some(frame),
         }
     }
 
     async fn next_frame(&mut self) -> Bytes {
         self.tick.tick().await;
-        let state = &self.state;
-        let now = Counters::read(state);
-        let info = registry::local_report(state, &now, &self.before);
+        let state = &*self.status;
+        let now = state.counters();
+        let info = state.report(&now, &self.before);
         self.before = now;
         let uptime_secs = (info
             .last_seen_ms
@@ -296,7 +211,7 @@ struct DemoRounds {
 }
 
 impl DemoRounds {
-    async fn frame(&mut self, state: &SharedState) -> Vec<TaskProgress> {
+    async fn frame(&mut self, state: &NodeStatus) -> Vec<TaskProgress> {
         if self.rounds.is_empty() {
             for (name, _) in DEMO_TASKS {
                 self.rounds.push(discover(state, name).await);
@@ -321,7 +236,7 @@ impl DemoRounds {
 
 /// A task's snapshot; errors read as "no snapshot" (the dashboard is
 /// best-effort and shows the task as pending).
-async fn snapshot(state: &SharedState, task: &TaskId) -> Option<Snapshot> {
+async fn snapshot(state: &NodeStatus, task: &TaskId) -> Option<Snapshot> {
     match state.store.snapshot(task).await {
         Ok(s) => s,
         Err(e) => {
@@ -331,13 +246,13 @@ async fn snapshot(state: &SharedState, task: &TaskId) -> Option<Snapshot> {
     }
 }
 
-async fn demo_snapshot(state: &SharedState, name: &str, round: u64) -> Option<Snapshot> {
+async fn demo_snapshot(state: &NodeStatus, name: &str, round: u64) -> Option<Snapshot> {
     let task = TaskId::parse(&format!("{name}-{round}")).ok()?;
     snapshot(state, &task).await
 }
 
 /// The last existing round of a demo task (1 when none exists yet).
-async fn discover(state: &SharedState, name: &str) -> u64 {
+async fn discover(state: &NodeStatus, name: &str) -> u64 {
     if demo_snapshot(state, name, 1).await.is_none() {
         return 1;
     }
@@ -357,16 +272,4 @@ async fn discover(state: &SharedState, name: &str) -> u64 {
         }
     }
     lo
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn page_is_self_contained() {
-        let page = super::PAGE;
-        assert!(page.contains("/v1/dashboard/events"));
-        for external in ["http://", "https://", "//cdn", "<link rel=\"stylesheet\""] {
-            assert!(!page.contains(external), "page must not load {external}");
-        }
-    }
 }

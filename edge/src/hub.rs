@@ -1,6 +1,6 @@
 //! The per-node hub: task → local subscribers. The feed reader hands it each
-//! live event once; the hub encodes it once (shared `Bytes` for SSE and
-//! WebSocket) and offers it to every subscriber with `try_send` into that
+//! live event once; the hub encodes it once ([`Event`]: shared `Bytes` for
+//! SSE and WebSocket) and offers it to every subscriber with `try_send` into that
 //! subscriber's bounded queue. It never waits on a client: a full queue flags
 //! the subscriber as overflowed, and the subscriber catches up from history at
 //! its own pace.
@@ -12,127 +12,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
-use sluice_shared::event::{format_ts, Snapshot, RESET_TYPE};
-use sluice_shared::{Seq, StoredEvent, TaskId};
+use sluice_shared::{StoredEvent, TaskId};
 use tokio::sync::{mpsc, Notify};
 
 use crate::metrics::Metrics;
 use crate::store::FeedSink;
-
-/// One event, encoded once for every transport.
-#[derive(Debug)]
-pub struct Event {
-    pub seq: Seq,
-    pub is_final: bool,
-    /// A `sluice.reset` frame (the data is a snapshot).
-    pub is_reset: bool,
-    /// Publish time (ms since the epoch); 0 for resets.
-    pub ts: i64,
-    /// Fingerprint of the envelope (0 for resets): lets a subscription check
-    /// that the event it delivered last is still the one the store holds
-    /// under that seq (it is not after Redis lost acknowledged writes).
-    pub digest: u64,
-    /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`
-    pub sse: Bytes,
-    /// The JSON envelope (one WebSocket text frame).
-    pub json: Bytes,
-}
-
-impl Event {
-    pub fn from_stored(ev: &StoredEvent) -> Arc<Event> {
-        Event::encode(ev, ev.ts, true)
-    }
-
-    /// The latest event of a snapshot, sent first to a subscriber with no
-    /// resume point. Its envelope is rebuilt from the task meta rather than
-    /// read from the log, so it carries no fingerprint (digest 0): a later
-    /// lost-writes check must not compare it with the log's bytes.
-    pub fn from_snapshot(ev: &StoredEvent) -> Arc<Event> {
-        Event::encode(ev, 0, false)
-    }
-
-    /// An event read back from history: same bytes, but not counted in the
-    /// live delivery-latency histogram (`ts` 0).
-    pub fn from_history(ev: &StoredEvent) -> Arc<Event> {
-        Event::encode(ev, 0, true)
-    }
-
-    /// Encodes once: the SSE frame and the JSON envelope share the bytes.
-    fn encode(ev: &StoredEvent, ts: i64, fingerprint: bool) -> Arc<Event> {
-        let json = ev.envelope_json();
-        let sse = sse_frame(ev.seq, &ev.kind, &json);
-        Arc::new(Event {
-            seq: ev.seq,
-            is_final: ev.is_final,
-            is_reset: false,
-            ts,
-            digest: if fingerprint { digest(&json) } else { 0 },
-            sse,
-            json: Bytes::from(json),
-        })
-    }
-
-    /// The `sluice.reset` frame: SSE data is the snapshot; over WebSocket an
-    /// envelope of type `sluice.reset` whose data is the snapshot. `snapshot`
-    /// is `None` when the task is unknown (expired entirely).
-    pub fn reset(task: &TaskId, snapshot: Option<&Snapshot>) -> Arc<Event> {
-        let (seq, snap_json) = match snapshot {
-            Some(s) => (
-                s.seq,
-                serde_json::to_value(s).unwrap_or(serde_json::Value::Null),
-            ),
-            None => (
-                0,
-                serde_json::json!({"task": task.as_str(), "seq": 0, "state": "unknown", "latest": null}),
-            ),
-        };
-        let data = serde_json::to_vec(&snap_json).unwrap_or_default();
-        let envelope = serde_json::json!({
-            "task": task.as_str(),
-            "seq": seq,
-            "type": RESET_TYPE,
-            "data": snap_json,
-            "ts": format_ts(chrono::Utc::now().timestamp_millis()),
-            "final": false,
-        });
-        let json = serde_json::to_vec(&envelope).unwrap_or_default();
-        Arc::new(Event {
-            seq,
-            is_final: false,
-            is_reset: true,
-            ts: 0,
-            digest: 0,
-            sse: sse_frame(seq, RESET_TYPE, &data),
-            json: Bytes::from(json),
-        })
-    }
-}
-
-/// A 64-bit fingerprint of an encoded envelope (FNV-1a; not a security
-/// property, only "is this the same event").
-pub fn digest(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
-}
-
-/// Builds an SSE frame. `data` is compact JSON (no newlines), so one `data:`
-/// line carries it.
-pub fn sse_frame(seq: Seq, kind: &str, data: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(data.len() + kind.len() + 40);
-    b.extend_from_slice(b"id: ");
-    b.extend_from_slice(seq.to_string().as_bytes());
-    b.extend_from_slice(b"\nevent: ");
-    b.extend_from_slice(kind.as_bytes());
-    b.extend_from_slice(b"\ndata: ");
-    b.extend_from_slice(data);
-    b.extend_from_slice(b"\n\n");
-    Bytes::from(b)
-}
+use crate::wire::Event;
 
 /// What the hub and a subscription share.
 #[derive(Debug)]
@@ -328,6 +213,8 @@ impl FeedSink for Hub {
 
 #[cfg(test)]
 mod tests {
+    use sluice_shared::Seq;
+
     use super::*;
 
     fn ev(seq: Seq) -> StoredEvent {
@@ -339,17 +226,6 @@ mod tests {
             ts: 0,
             is_final: false,
         }
-    }
-
-    #[test]
-    fn sse_frame_layout() {
-        let f = Event::from_stored(&ev(7));
-        let s = std::str::from_utf8(&f.sse).expect("utf8");
-        assert!(
-            s.starts_with("id: 7\nevent: k\ndata: {\"task\":\"t\",\"seq\":7,"),
-            "{s}"
-        );
-        assert!(s.ends_with("}\n\n"));
     }
 
     #[test]

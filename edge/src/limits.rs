@@ -1,24 +1,27 @@
-//! Per-node admission: the connection limit (a semaphore whose permit lives
-//! inside the connection's stream or task, so it is released however the
-//! connection ends) and the new-connection rate (token bucket).
+//! Per-node admission: the connection limit (a count of open connections
+//! whose guard lives inside the connection's stream or task, so it is
+//! released however the connection ends) and the new-connection rate
+//! (token bucket). The count is a `watch` value, so a draining node is told
+//! when the last connection closed instead of polling for it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
 use crate::metrics::{Metrics, Transport, TransportLabel};
 
 /// Proof that a connection was admitted. Dropping it frees the slot and
 /// updates the gauges; nothing else needs to remember to.
 pub struct ConnGuard {
-    _permit: OwnedSemaphorePermit,
+    open: watch::Sender<usize>,
     metrics: Arc<Metrics>,
     transport: Transport,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
+        self.open.send_modify(|n| *n = n.saturating_sub(1));
         self.metrics
             .connections
             .get_or_create(&TransportLabel {
@@ -29,7 +32,8 @@ impl Drop for ConnGuard {
 }
 
 pub struct Limits {
-    slots: Arc<Semaphore>,
+    /// Open connections (at most `max`).
+    open: watch::Sender<usize>,
     max: usize,
     bucket: Option<Mutex<Bucket>>,
     metrics: Arc<Metrics>,
@@ -58,7 +62,7 @@ impl Limits {
             })
         });
         Limits {
-            slots: Arc::new(Semaphore::new(max)),
+            open: watch::Sender::new(0),
             max,
             bucket,
             metrics,
@@ -71,11 +75,19 @@ impl Limits {
 
     /// Open connections counted by the limiter.
     pub fn in_use(&self) -> usize {
-        self.max - self.slots.available_permits()
+        *self.open.borrow()
     }
 
     pub fn at_limit(&self) -> bool {
-        self.slots.available_permits() == 0
+        self.in_use() >= self.max
+    }
+
+    /// Resolves once no connection is open (at once if none is).
+    /// Cancel-safe.
+    pub async fn idle(&self) {
+        let mut open = self.open.subscribe();
+        // The sender lives in `self`, so the wait cannot fail.
+        let _ = open.wait_for(|n| *n == 0).await;
     }
 
     pub fn try_admit(&self, transport: Transport) -> Result<ConnGuard, Refusal> {
@@ -89,17 +101,23 @@ impl Limits {
             }
             b.tokens -= 1.0;
         }
-        let permit = self
-            .slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refusal::Full)?;
+        let max = self.max;
+        let admitted = self.open.send_if_modified(|n| {
+            let room = *n < max;
+            if room {
+                *n += 1;
+            }
+            room
+        });
+        if !admitted {
+            return Err(Refusal::Full);
+        }
         self.metrics
             .connections
             .get_or_create(&TransportLabel { transport })
             .inc();
         Ok(ConnGuard {
-            _permit: permit,
+            open: self.open.clone(),
             metrics: self.metrics.clone(),
             transport,
         })
@@ -124,6 +142,26 @@ mod tests {
         drop((b, c));
         assert_eq!(l.in_use(), 0);
         assert_eq!(m.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn idle_is_signalled_when_the_last_connection_closes() {
+        let l = Arc::new(Limits::new(4, 0, Arc::new(Metrics::default())));
+        l.idle().await;
+        let a = l.try_admit(Transport::Sse).expect("a");
+        let b = l.try_admit(Transport::Ws).expect("b");
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move { l.idle().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("signalled")
+            .expect("joined");
     }
 
     #[test]

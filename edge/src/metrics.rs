@@ -14,6 +14,16 @@ pub enum Transport {
     Ws,
 }
 
+impl Transport {
+    /// The name in connection logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
     pub transport: Transport,

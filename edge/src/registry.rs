@@ -21,8 +21,6 @@
 //! On drain the node removes its own entry. The registry uses its own small
 //! pool, so a busy store pool never delays a heartbeat.
 
-mod view;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,13 +30,12 @@ use sluice_broker::connect::RedisPool as Pool;
 use sluice_broker::nodes::{self, ClusterStatus, NodeInfo};
 use sluice_shared::keys;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::state::AppState;
+pub use crate::cluster::now_ms;
+use crate::lifecycle::Tasks;
+use crate::status::NodeStatus;
 use crate::store::StoreError;
-
-pub use view::{local_report, now_ms, ClusterView, Counters, Watcher};
 
 /// Time between heartbeats (and sweeps).
 pub const BEAT_EVERY: Duration = Duration::from_secs(1);
@@ -79,30 +76,25 @@ pub fn advertised(addr: SocketAddr) -> String {
     addr.to_string()
 }
 
-/// Records the node's address and, on the Redis store, starts the
-/// registry task on `background` until `stop` fires.
+/// On the Redis store (`redis_url`), starts the registry on `tasks` until
+/// `stop` fires; nodes on the memory store have no registry.
 pub fn spawn(
-    background: &TaskTracker,
-    state: &Arc<AppState>,
-    addr: SocketAddr,
-    stop: &CancellationToken,
+    tasks: &Tasks,
+    status: &Arc<NodeStatus>,
+    redis_url: Option<&str>,
+    grace: Duration,
+    stop: CancellationToken,
 ) -> Result<(), StoreError> {
-    state.cluster.set_address(advertised(addr));
-    let Some(url) = state.config.redis_url.as_deref() else {
+    let Some(url) = redis_url else {
         return Ok(());
     };
-    if state.store.kind() != "redis" {
+    if status.store.kind() != "redis" {
         return Ok(());
     }
     let pool = connect::pool(url, POOL_SIZE).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    let registry = Registry::new(
-        pool,
-        &state.node_id,
-        state.config.shards,
-        state.config.node_grace(),
-    );
-    let span = tracing::info_span!("registry", node = %state.node_id);
-    background.spawn(registry.run(state.clone(), stop.clone()).instrument(span));
+    let registry = Registry::new(pool, &status.node_id, status.shards, grace);
+    let span = tracing::info_span!("registry", node = %status.node_id);
+    tasks.spawn(registry.run(status.clone(), stop).instrument(span));
     Ok(())
 }
 
@@ -128,10 +120,10 @@ impl Registry {
 
     /// Heartbeat, sweep and (while watched) refresh, every [`BEAT_EVERY`],
     /// until `stop`; then removes this node's entry.
-    pub async fn run(self, state: Arc<AppState>, stop: CancellationToken) {
+    pub async fn run(self, status: Arc<NodeStatus>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(BEAT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut before = Counters::read(&state);
+        let mut before = status.counters();
         let mut healthy = true;
         tracing::info!(grace_secs = self.grace.as_secs(), "node registry started");
         loop {
@@ -144,8 +136,8 @@ impl Registry {
                 _ = tick.tick() => {}
             }
             let round = async {
-                let now = Counters::read(&state);
-                let mut report = local_report(&state, &now, &before);
+                let now = status.counters();
+                let mut report = status.report(&now, &before);
                 before = now;
                 report.last_seen_ms = self.server_time().await?;
                 self.beat(&report).await?;
@@ -153,11 +145,11 @@ impl Registry {
                 if !reaped.is_empty() {
                     tracing::debug!(count = reaped.len(), "sweep removed dead nodes");
                 }
-                if state.cluster.watchers() > 0 {
+                if status.cluster.watchers() > 0 {
                     let view = self.view().await?;
-                    state.cluster.set_latest(Some(Arc::new(view)));
+                    status.cluster.set_latest(Some(Arc::new(view)));
                 } else {
-                    state.cluster.set_latest(None);
+                    status.cluster.set_latest(None);
                 }
                 Ok::<_, StoreError>(())
             };

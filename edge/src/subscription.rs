@@ -14,9 +14,10 @@ use std::sync::Arc;
 use sluice_shared::event::{Snapshot, TaskState};
 use sluice_shared::{Seq, TaskId};
 
-use crate::hub::{Event, Hub, Registration};
+use crate::hub::{Hub, Registration};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::wire::Event;
 
 /// Default history page size for resume and catch-up.
 pub const DEFAULT_HISTORY_PAGE: usize = 1000;
@@ -67,48 +68,52 @@ pub struct Subscription {
     fill_failures: u32,
 }
 
-impl Subscription {
-    /// Registers with the hub first, then reads the store, so no live event
-    /// can fall between the read and the registration.
-    pub async fn open(
-        hub: &Arc<Hub>,
-        store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
-        task: TaskId,
-        start: Start,
-        page: usize,
-    ) -> Result<Opening, StoreError> {
-        let reg = hub.register(&task);
-        let snapshot = store.snapshot(&task).await?;
+/// What opening a subscription needs: the hub to register with, the store
+/// to read, the metrics to count in and the history page size. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Subscriptions {
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    page: usize,
+}
+
+impl Subscriptions {
+    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, metrics: Arc<Metrics>, page: usize) -> Self {
+        Subscriptions {
+            hub,
+            store,
+            metrics,
+            page: page.max(1),
+        }
+    }
+
+    /// Opens a subscription to `task` from `start`. Registers with the hub
+    /// first, then reads the store, so no live event can fall between the
+    /// read and the registration.
+    pub async fn open(&self, task: TaskId, start: Start) -> Result<Opening, StoreError> {
+        let reg = self.hub.register(&task);
+        let snapshot = self.store.snapshot(&task).await?;
         let mut sub = Subscription {
             task,
             reg,
-            store,
-            metrics,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
             last: 0,
             last_digest: 0,
             verify_last: false,
             pending: VecDeque::new(),
             catching_up: false,
             done: false,
-            page: page.max(1),
+            page: self.page,
             fill_failures: 0,
         };
         match (start, snapshot) {
             (Start::Latest, None) => {}
             (Start::Latest, Some(s)) => {
                 sub.last = s.seq.saturating_sub(1);
-                let ev = sluice_shared::StoredEvent {
-                    task: s.latest.task.clone(),
-                    seq: s.latest.seq,
-                    kind: s.latest.kind.clone(),
-                    data: s.latest.data.clone(),
-                    ts: chrono::DateTime::parse_from_rfc3339(&s.latest.ts)
-                        .map(|t| t.timestamp_millis())
-                        .unwrap_or(0),
-                    is_final: s.latest.is_final,
-                };
-                sub.pending.push_back(Event::from_snapshot(&ev));
+                sub.pending.push_back(Event::from_snapshot(&s.latest));
             }
             (Start::After(0), None) => {}
             (Start::After(_), None) => sub.reset(None),
@@ -127,14 +132,11 @@ impl Subscription {
         }
         Ok(Opening::Stream(sub))
     }
+}
 
+impl Subscription {
     pub fn task(&self) -> &TaskId {
         &self.task
-    }
-
-    /// Last delivered seq (the resume point a reconnect would use).
-    pub fn last_seq(&self) -> Seq {
-        self.last
     }
 
     fn reset(&mut self, snapshot: Option<&Snapshot>) {
@@ -427,7 +429,8 @@ mod tests {
     ) -> (Subscription, Arc<Hub>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(16, metrics.clone());
-        let opening = Subscription::open(&hub, store, metrics.clone(), task.clone(), start, page)
+        let opening = Subscriptions::new(hub.clone(), store, metrics.clone(), page)
+            .open(task.clone(), start)
             .await
             .expect("open");
         let Opening::Stream(sub) = opening else {

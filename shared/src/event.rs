@@ -10,9 +10,6 @@ pub use crate::task::validate_event_type as validate_type;
 /// first event".
 pub type Seq = u64;
 
-/// Event type chosen by the producer (validated with [`validate_type`]).
-pub type EventType = String;
-
 /// Default cap on the MessagePack-encoded `data` of one event.
 pub const DEFAULT_MAX_DATA_BYTES: usize = 64 * 1024;
 

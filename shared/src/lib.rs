@@ -9,6 +9,6 @@ pub mod keys;
 pub mod task;
 pub mod token;
 
-pub use event::{Envelope, EventType, Seq, StoredEvent};
+pub use event::{Envelope, Seq, StoredEvent};
 pub use keys::{shard_of, TaskKeys, DEFAULT_SHARDS};
 pub use task::{TaskId, TaskIdError};

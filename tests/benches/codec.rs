@@ -5,7 +5,7 @@
 //! `cargo bench -p sluice-tests --bench codec`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sluice_edge::hub::{sse_frame, Event};
+use sluice_edge::wire::{sse_frame, Event};
 use sluice_shared::{codec, StoredEvent};
 use std::hint::black_box;
 

@@ -13,7 +13,7 @@ use sluice_edge::hub::Hub;
 use sluice_edge::metrics::Metrics;
 use sluice_edge::store::memory::MemoryStore;
 use sluice_edge::store::{FeedSink, Store};
-use sluice_edge::subscription::{Opening, Start, Subscription};
+use sluice_edge::subscription::{Opening, Start, Subscription, Subscriptions};
 use sluice_shared::{StoredEvent, TaskId};
 
 fn event(seq: u64) -> StoredEvent {
@@ -37,16 +37,10 @@ fn fanout(c: &mut Criterion) {
     for n in [1usize, 100, 10_000] {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(256, metrics.clone());
+        let opener = Subscriptions::new(hub.clone(), store.clone(), metrics.clone(), 256);
         let mut subs: Vec<Subscription> = (0..n)
             .map(|_| {
-                let open = Subscription::open(
-                    &hub,
-                    store.clone(),
-                    metrics.clone(),
-                    task.clone(),
-                    Start::After(0),
-                    256,
-                );
+                let open = opener.open(task.clone(), Start::After(0));
                 match rt.block_on(open).expect("open") {
                     Opening::Stream(s) => s,
                     Opening::Finished => panic!("unexpected finished"),

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use sluice_edge::state::AppState;
-use sluice_edge::Config;
+use sluice_edge::status::NodeStatus;
+use sluice_edge::{Config, Node};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub struct EdgeHandle {
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
+    pub state: Arc<NodeStatus>,
     pub shutdown: CancellationToken,
-    join: Option<JoinHandle<anyhow::Result<()>>>,
+    join: Option<JoinHandle<()>>,
 }
 
 impl EdgeHandle {
@@ -29,7 +29,7 @@ impl EdgeHandle {
             let r = tokio::time::timeout(Duration::from_secs(30), j)
                 .await
                 .expect("edge stops within 30 s");
-            r.expect("edge task").expect("edge run");
+            r.expect("edge task");
         }
     }
 }
@@ -56,18 +56,11 @@ pub async fn spawn_edge(args: &[&str]) -> EdgeHandle {
         .await
         .expect("store");
     let shutdown = CancellationToken::new();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let join = tokio::spawn(sluice_edge::run_with_store(
-        config,
-        node_id,
-        store,
-        listener,
-        shutdown.clone(),
-        move |state| {
-            let _ = tx.send(state);
-        },
-    ));
-    let state = rx.await.expect("edge started");
+    let node = Node::start(&config, node_id, store, listener)
+        .await
+        .expect("edge started");
+    let state = node.status();
+    let join = tokio::spawn(node.run_until(shutdown.clone()));
     let edge = EdgeHandle {
         addr,
         state,

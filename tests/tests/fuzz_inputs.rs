@@ -129,14 +129,14 @@ proptest! {
     /// Resume points: accepted exactly when they are a decimal u64.
     #[test]
     fn resume_points(s in ".{0,24}") {
-        let parsed = sluice_edge::app::parse_seq("after", &s);
+        let parsed = sluice_edge::http::extract::parse_seq("after", &s);
         let expected = s.trim().parse::<u64>().ok().filter(|_| s.trim().bytes().all(|b| b.is_ascii_digit()));
         prop_assert_eq!(parsed.ok(), expected);
     }
 
     #[test]
     fn resume_point_numbers(n in any::<u64>()) {
-        prop_assert_eq!(sluice_edge::app::parse_seq("after", &n.to_string()).ok(), Some(n));
+        prop_assert_eq!(sluice_edge::http::extract::parse_seq("after", &n.to_string()).ok(), Some(n));
     }
 
     /// Task ids: accepted exactly when 1-128 bytes of the allowed alphabet.
@@ -174,6 +174,6 @@ proptest! {
     /// JSON depth never panics and bounds what serde would see.
     #[test]
     fn json_depth_total(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = sluice_edge::app::json_depth(&bytes);
+        let _ = sluice_edge::http::publish::json_depth(&bytes);
     }
 }
