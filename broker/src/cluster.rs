@@ -77,44 +77,22 @@ pub async fn slot_map_from(cluster_url: &str, node_url: &str) -> RedisResult<Vec
 }
 
 fn parse_slots(reply: &Value, cluster_url: &str, asked_host: &str) -> Vec<SlotRange> {
-    let Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
-            (parts.first(), parts.get(1), parts.get(2))
-        else {
-            continue;
-        };
-        let host = match node.first() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(Value::SimpleString(s)) => s.clone(),
-            _ => String::new(),
-        };
-        // An empty or "?" endpoint means "the address you reached me on".
-        let host = if host.is_empty() || host == "?" {
-            asked_host.to_owned()
-        } else {
-            host
-        };
-        let port = match node.get(1) {
-            Some(Value::Int(p)) => u16::try_from(*p).ok(),
-            _ => None,
-        };
-        let (Ok(start), Ok(end), Some(port)) = (u16::try_from(*start), u16::try_from(*end), port)
-        else {
-            continue;
-        };
-        if let Some(primary) = connect::cluster_node_url(cluster_url, &host, port) {
-            out.push(SlotRange {
-                start,
-                end,
+    let mut out: Vec<SlotRange> = crate::resp::cluster_slots(reply)
+        .into_iter()
+        .filter_map(|owner| {
+            // An empty or "?" endpoint means "the address you reached me on".
+            let host = match owner.host.as_str() {
+                "" | "?" => asked_host,
+                h => h,
+            };
+            let primary = connect::cluster_node_url(cluster_url, host, owner.port)?;
+            Some(SlotRange {
+                start: owner.start,
+                end: owner.end,
                 primary,
-            });
-        }
-    }
+            })
+        })
+        .collect();
     out.sort_by_key(|r| r.start);
     out
 }

@@ -14,6 +14,7 @@ pub mod function;
 pub mod nodes;
 pub mod publisher;
 pub mod reader;
+pub mod resp;
 pub mod token;
 
 pub use publisher::{

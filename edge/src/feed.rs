@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 use sluice_broker::connect::RedisPool as Pool;
-use sluice_broker::{connect, reader};
+use sluice_broker::{connect, resp};
 use sluice_shared::{codec, keys};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -246,7 +246,7 @@ impl FeedReader {
             .settings
             .feeds
             .iter()
-            .filter_map(|f| shard_index(f))
+            .filter_map(|f| keys::feed_shard(f))
             .collect();
         self.sink.resync_shards(&mine, self.settings.shards);
     }
@@ -299,13 +299,16 @@ impl FeedReader {
             let mut groups = redis::cmd("XINFO");
             groups.arg("GROUPS").arg(feed);
             let reply = ctl.query(&groups).await.map_err(|e| e.to_string())?;
-            let read = group_entries_read(&reply, &self.settings.group);
+            let read = resp::xinfo_groups(&reply)
+                .into_iter()
+                .find(|g| g.name == self.settings.group)
+                .and_then(|g| g.entries_read);
             let mut stream = redis::cmd("XINFO");
             stream.arg("STREAM").arg(feed);
             let info = ctl.query(&stream).await.map_err(|e| e.to_string())?;
-            let added = field_u64(&info, "entries-added");
+            let added = resp::field_u64(&info, "entries-added");
             if let (Some(a), Some(r)) = (added, read) {
-                if let Some(shard) = shard_index(feed) {
+                if let Some(shard) = keys::feed_shard(feed) {
                     self.sink.report_lag(shard, a.saturating_sub(r));
                 }
             }
@@ -322,7 +325,7 @@ impl FeedReader {
             // per delivered entry, not even then — so a node whose stall
             // outlived the feed would otherwise wait for the next event of
             // each task (forever, if the trimmed one was a final event).
-            let trimmed_unread = match (added, field_u64(&info, "length"), read) {
+            let trimmed_unread = match (added, resp::field_u64(&info, "length"), read) {
                 (Some(added), Some(len), Some(read)) => {
                     added.saturating_sub(len).saturating_sub(read)
                 }
@@ -347,13 +350,13 @@ impl FeedReader {
     }
 
     fn dispatch(&self, reply: &Value, counts: &mut [ShardCount]) {
-        for (stream, entries) in streams_of(reply) {
+        for (stream, entries) in resp::stream_replies(reply) {
             let shard = self
                 .settings
                 .feeds
                 .iter()
                 .position(|f| f.as_bytes() == stream);
-            let Ok(entries) = reader::parse_entries(entries) else {
+            let Ok(entries) = resp::parse_entries(entries) else {
                 tracing::warn!("malformed XREADGROUP reply skipped");
                 continue;
             };
@@ -423,99 +426,4 @@ impl Control {
 
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
-}
-
-/// `(stream key, entries)` pairs of an XREADGROUP reply, RESP2 or RESP3.
-fn streams_of(reply: &Value) -> Vec<(&[u8], &Value)> {
-    let mut out = Vec::new();
-    match reply {
-        Value::Array(items) => {
-            for item in items {
-                if let Value::Array(pair) = item {
-                    if let [k, v] = pair.as_slice() {
-                        if let Some(k) = reader::bulk_bytes(k) {
-                            out.push((k, v));
-                        }
-                    }
-                }
-            }
-        }
-        Value::Map(pairs) => {
-            for (k, v) in pairs {
-                if let Some(k) = reader::bulk_bytes(k) {
-                    out.push((k, v));
-                }
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
-/// The shard number of a feed key `sluice:{s<n>}:feed`.
-fn shard_index(feed: &str) -> Option<u32> {
-    feed.strip_prefix("sluice:{s")?
-        .split_once('}')?
-        .0
-        .parse()
-        .ok()
-}
-
-/// An integer field of a flat `XINFO STREAM` reply (RESP2 array or RESP3 map).
-fn field_u64(reply: &Value, name: &str) -> Option<u64> {
-    let pairs: Vec<(&Value, &Value)> = match reply {
-        Value::Array(kv) => kv
-            .chunks(2)
-            .filter_map(|c| match c {
-                [k, v] => Some((k, v)),
-                _ => None,
-            })
-            .collect(),
-        Value::Map(kv) => kv.iter().map(|(k, v)| (k, v)).collect(),
-        _ => return None,
-    };
-    pairs.into_iter().find_map(|(k, v)| {
-        match (reader::bulk_string(k).as_deref() == Some(name), v) {
-            (true, Value::Int(n)) => u64::try_from(*n).ok(),
-            _ => None,
-        }
-    })
-}
-
-/// `entries-read` of `group` in an `XINFO GROUPS` reply.
-fn group_entries_read(reply: &Value, group: &str) -> Option<u64> {
-    let Value::Array(groups) = reply else {
-        return None;
-    };
-    for g in groups {
-        let fields: Vec<(String, &Value)> = match g {
-            Value::Array(kv) => kv
-                .chunks(2)
-                .filter_map(|c| match c {
-                    [k, v] => reader::bulk_string(k).map(|k| (k, v)),
-                    _ => None,
-                })
-                .collect(),
-            Value::Map(kv) => kv
-                .iter()
-                .filter_map(|(k, v)| reader::bulk_string(k).map(|k| (k, v)))
-                .collect(),
-            _ => continue,
-        };
-        let name = fields
-            .iter()
-            .find(|(k, _)| k == "name")
-            .and_then(|(_, v)| reader::bulk_string(v));
-        if name.as_deref() != Some(group) {
-            continue;
-        }
-        return fields
-            .iter()
-            .find(|(k, _)| k == "entries-read")
-            .and_then(|(_, v)| match v {
-                Value::Int(n) => u64::try_from(*n).ok(),
-                _ => None,
-            });
-    }
-    None
 }
