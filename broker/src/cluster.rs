@@ -12,7 +12,7 @@
 //!
 //! Why not the redis crate's cluster client: on this version, once a primary
 //! is killed, the whole client kept repairing its connection to the dead
-//! node and stalled requests for healthy slots too (issue 8 notes). Here a
+//! node and stalled requests for healthy slots too. Here a
 //! dead primary fails only the commands for its own slots until its replica
 //! is promoted.
 
@@ -25,6 +25,7 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, Value};
 
 use crate::connect;
+use crate::error::{classify, ErrorClass};
 
 /// Number of hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16_384;
@@ -206,9 +207,7 @@ impl ClusterPool {
     pub fn new(url: &str, pool_size: usize) -> Result<Self, connect::ConnectError> {
         let seeds = connect::cluster_seeds(url).unwrap_or_default();
         if seeds.is_empty() {
-            return Err(connect::ConnectError::Pool(
-                "a cluster URL needs at least one seed node".into(),
-            ));
+            return Err(connect::ConnectError::NoSeeds);
         }
         for s in &seeds {
             redis::Client::open(s.as_str()).map_err(connect::ConnectError::Url)?;
@@ -404,7 +403,7 @@ impl ClusterPool {
                 match op(conn).await {
                     Ok(v) => result = Some(v),
                     Err(e) => {
-                        failure = Some((retryable(&e), e));
+                        failure = Some((classify(&e).is_resendable(), e));
                         break;
                     }
                 }
@@ -412,7 +411,7 @@ impl ClusterPool {
             let Some((safe, e)) = failure else {
                 return result.ok_or_else(|| no_primary(0));
             };
-            if needs_refresh(&e) {
+            if classify(&e).needs_new_route() {
                 if let Err(re) = self.refresh(generation).await {
                     tracing::debug!(cause = %re, "slot map refresh failed");
                 }
@@ -431,23 +430,6 @@ fn no_primary(slot: u16) -> RedisError {
         "no primary serves the slot",
         slot.to_string(),
     ))
-}
-
-fn is_redirect(code: &str) -> bool {
-    matches!(
-        code,
-        "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING"
-    )
-}
-
-/// A redirect or a cluster that is not serving yet: the command did not
-/// run and may be sent again once the map is fresh.
-fn retryable(e: &RedisError) -> bool {
-    e.code().is_some_and(is_redirect) || e.is_connection_refusal()
-}
-
-fn needs_refresh(e: &RedisError) -> bool {
-    retryable(e) || e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
 /// A handle that routes every command it is given to the right primary.
@@ -489,11 +471,13 @@ impl ConnectionLike for ClusterConn {
                         // a redirect there means the slot moved (all of a
                         // one-slot pipeline was refused), so surface it to be
                         // routed again.
-                        if let Some(Value::ServerError(e)) = values
-                            .iter()
-                            .find(|v| matches!(v, Value::ServerError(e) if is_redirect(e.code())))
-                        {
-                            return Err(RedisError::from(e.clone()));
+                        let redirect = values.iter().find_map(|v| match v {
+                            Value::ServerError(e) => Some(RedisError::from(e.clone()))
+                                .filter(|e| classify(e) == ErrorClass::NotServed),
+                            _ => None,
+                        });
+                        if let Some(e) = redirect {
+                            return Err(e);
                         }
                         Ok(values)
                     })

@@ -1,7 +1,7 @@
 //! Redis connections. Short commands share a deadpool pool with a response
 //! timeout; blocking reads get a dedicated connection with the response
-//! timeout disabled (see NOTES: with the crate's default 500 ms timeout a
-//! longer `BLOCK` is abandoned client-side while the server keeps it, and a
+//! timeout disabled (with the crate's default 500 ms timeout a longer
+//! `BLOCK` is abandoned client-side while the server keeps it, and a
 //! `NOACK` read then swallows the next message).
 
 use std::time::Duration;
@@ -17,12 +17,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default pool size.
 pub const DEFAULT_POOL_SIZE: usize = 32;
 
+/// A Redis URL or pool that cannot be used (a configuration error, not an
+/// outage).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("bad Redis URL")]
     Url(#[source] redis::RedisError),
-    #[error("cannot build the Redis pool: {0}")]
-    Pool(String),
+    #[error("cannot build the Redis pool")]
+    Pool(#[source] deadpool_redis::BuildError),
+    #[error("cannot build the Redis pool: a cluster URL needs at least one seed node")]
+    NoSeeds,
 }
 
 /// Installs rustls' crypto provider (ring) once, for `rediss://` URLs.
@@ -199,7 +203,7 @@ pub fn single_pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
         .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .recycle_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .build()
-        .map_err(|e| ConnectError::Pool(e.to_string()))
+        .map_err(ConnectError::Pool)
 }
 
 /// A dedicated connection for blocking reads of `key`: to the Redis of

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod connect;
+pub mod error;
 pub mod function;
 pub mod nodes;
 pub mod publisher;
@@ -20,4 +21,5 @@ pub mod token;
 pub use publisher::{
     Outgoing, PublishError, PublishOptions, Published, Publisher, PublisherConfig,
 };
+pub use error::Unavailable;
 pub use reader::ReadError;

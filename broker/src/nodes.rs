@@ -18,6 +18,7 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use sluice_shared::keys;
 
+use crate::error::{classify, ErrorClass};
 use crate::resp;
 
 /// What one node last reported in its heartbeat.
@@ -243,7 +244,7 @@ pub async fn feed_stats<C: ConnectionLike + Send>(
         {
             Ok(v) => parse_groups(&v),
             // A feed nobody created yet has no groups.
-            Err(e) if is_no_such_key(&e) => Vec::new(),
+            Err(e) if classify(&e) == ErrorClass::NoSuchKey => Vec::new(),
             Err(e) => return Err(e),
         };
         out.push(ShardStats {
@@ -254,10 +255,6 @@ pub async fn feed_stats<C: ConnectionLike + Send>(
         });
     }
     Ok(out)
-}
-
-fn is_no_such_key(e: &redis::RedisError) -> bool {
-    e.to_string().to_ascii_lowercase().contains("no such key")
 }
 
 /// Reads the registry and the feeds into one view, ages measured on the

@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sluice_broker::error::Chain;
 use sluice_broker::PublishError;
 
 use crate::store::StoreError;
@@ -59,13 +60,13 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => {
-                tracing::warn!(cause = %m, "backend unavailable");
-                ApiError::unavailable(
-                    "backend_unavailable",
-                    "the event store is unreachable; retry shortly",
-                    2,
-                )
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(cause = %Chain(&cause), "backend unavailable");
+                backend_unavailable()
+            }
+            StoreError::Connect(cause) => {
+                tracing::warn!(cause = %Chain(&cause), "backend unavailable");
+                backend_unavailable()
             }
             StoreError::Corrupt { task, what } => {
                 tracing::error!(task = %task, cause = %what, "corrupt stored data");
@@ -82,7 +83,7 @@ impl From<StoreError> for ApiError {
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        match e {
+        match &e {
             PublishError::InvalidTask(_) => ApiError::bad_request("invalid_task", e.to_string()),
             PublishError::InvalidType(_) => ApiError::bad_request("invalid_type", e.to_string()),
             PublishError::InvalidIdempotencyKey(_) => {
@@ -97,7 +98,9 @@ impl From<PublishError> for ApiError {
             PublishError::Encode(_) | PublishError::Json(_) => {
                 ApiError::bad_request("invalid_data", e.to_string())
             }
-            PublishError::Rejected(m) => ApiError::bad_request("rejected", m),
+            PublishError::Rejected(_) => {
+                ApiError::bad_request("rejected", e.refusal().unwrap_or_default())
+            }
             PublishError::NotReplicated { .. } => {
                 tracing::warn!(cause = %e, "publish not confirmed by enough replicas");
                 ApiError::unavailable(
@@ -106,14 +109,19 @@ impl From<PublishError> for ApiError {
                     1,
                 )
             }
-            PublishError::Redis(_) | PublishError::Pool(_) | PublishError::Connect(_) => {
-                tracing::warn!(cause = %e, "publish failed: backend unavailable");
-                ApiError::unavailable(
-                    "backend_unavailable",
-                    "the event store is unreachable; retry shortly",
-                    2,
-                )
+            PublishError::Unavailable(_) | PublishError::Connect(_) => {
+                tracing::warn!(cause = %Chain(&e), "publish failed: backend unavailable");
+                backend_unavailable()
             }
         }
     }
+}
+
+/// 503 `backend_unavailable`: the store cannot serve the call right now.
+fn backend_unavailable() -> ApiError {
+    ApiError::unavailable(
+        "backend_unavailable",
+        "the event store is unreachable; retry shortly",
+        2,
+    )
 }

@@ -94,7 +94,7 @@ pub fn spawn(
     if state.store.kind() != "redis" {
         return Ok(());
     }
-    let pool = connect::pool(url, POOL_SIZE).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let pool = connect::pool(url, POOL_SIZE)?;
     let registry = Registry::new(
         pool,
         &state.node_id,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 use sluice_broker::{
-    connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig,
+    connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig, Unavailable,
 };
 use sluice_shared::event::Snapshot;
 use sluice_shared::{keys, Seq, StoredEvent, TaskId};
@@ -31,8 +31,7 @@ impl RedisStore {
         node_id: &str,
         config: PublisherConfig,
     ) -> Result<Self, StoreError> {
-        let pool = connect::pool(url, config.pool_size)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = connect::pool(url, config.pool_size)?;
         let shards = config.shards;
         let publisher = Publisher::from_pool(pool, config);
         publisher.load_function().await?;
@@ -53,12 +52,7 @@ impl RedisStore {
         let start = std::time::Instant::now();
         let r = f.await;
         if let Some(m) = self.metrics.get() {
-            let ok = !matches!(
-                r,
-                Err(StoreError::Unavailable(_))
-                    | Err(StoreError::Publish(sluice_broker::PublishError::Redis(_)))
-                    | Err(StoreError::Publish(sluice_broker::PublishError::Pool(_)))
-            );
+            let ok = !r.as_ref().is_err_and(StoreError::is_backend_failure);
             m.redis_call(op, start.elapsed(), ok);
         }
         r
@@ -194,9 +188,7 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(connect::DEFAULT_RESPONSE_TIMEOUT * 2, f).await {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Unavailable(
-            "Redis did not answer in time".into(),
-        )),
+        Err(_) => Err(Unavailable::TimedOut.into()),
     }
 }
 
