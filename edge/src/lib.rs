@@ -15,7 +15,6 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
-pub mod feed;
 pub mod health;
 pub mod hub;
 pub mod limits;

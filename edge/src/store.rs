@@ -3,9 +3,19 @@
 //!
 //! - [`redis::RedisStore`]: production. Publish is the atomic
 //!   `sluice_publish` function; history is the task log; the live feed is one
-//!   consumer-group reader per node over all shard feeds.
+//!   consumer-group reader per node over all shard feeds (on a cluster, one
+//!   per shard).
 //! - [`memory::MemoryStore`]: the embedded single-node default. Same
 //!   semantics, kept in this process (lost on restart).
+//!
+//! # Layout
+//!
+//! - `store.rs` (this module): the [`Store`] contract, [`FeedSink`] (where
+//!   the live feed delivers: the hub) and [`StoreError`].
+//! - `store/memory.rs`: [`memory::MemoryStore`].
+//! - `store/redis/mod.rs`: [`redis::RedisStore`]; beside it `feed.rs` (the
+//!   feed reader), `loss.rs` (loss detection per shard feed) and
+//!   `control.rs` (the reader's short commands).
 //!
 //! Guarantees every implementation gives:
 //! - seqs of a task are 1, 2, 3 ... with no gaps, assigned at publish;

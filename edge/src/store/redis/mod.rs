@@ -1,20 +1,36 @@
 //! The Redis store: publish through `sluice_publish`, snapshot and history
-//! from the task keys, live feed through the node's consumer groups
-//! ([`crate::feed::FeedReader`]).
+//! from the task keys, live feed through the node's consumer groups.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`RedisStore`], the [`Store`] on Redis (one Redis or a
+//!   Redis Cluster); it runs the feed readers.
+//! - `feed`: the feed reader's state machine (attach, re-sync, read,
+//!   back off), one per node or, on a cluster, one per shard.
+//! - `loss`: loss detection per shard feed (skipped, trimmed, lost
+//!   writes), pure accounting the reader acts on.
+//! - `control`: where a reader sends its short commands.
+//!
+//! Reply parsing is `sluice_broker::resp`, Redis error classes
+//! `sluice_broker::error`, feed keys `sluice_shared::keys`.
+
+mod control;
+mod feed;
+mod loss;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use sluice_broker::{
-    connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig, Unavailable,
+    connect, reader, PublishOptions, Published, Publisher, PublisherConfig, Unavailable,
 };
 use sluice_shared::event::Snapshot;
 use sluice_shared::{keys, Seq, StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
 
+use self::feed::{FeedReader, FeedSettings};
 use super::{FeedSink, Store, StoreError};
-use crate::feed::{FeedReader, FeedSettings};
 
 pub struct RedisStore {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
@@ -190,13 +206,4 @@ async fn bounded<T>(
         Ok(r) => r,
         Err(_) => Err(Unavailable::TimedOut.into()),
     }
-}
-
-/// Loads the function again (used by the feed reader after Redis lost it).
-pub(crate) async fn reload_function(
-    pool: &sluice_broker::connect::RedisPool,
-) -> Result<(), StoreError> {
-    let mut conn = pool.get().await?;
-    function::load(&mut conn).await?;
-    Ok(())
 }
