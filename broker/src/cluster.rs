@@ -24,7 +24,7 @@ use deadpool_redis::Pool;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, Value};
 
-use crate::connect;
+use crate::direct;
 use crate::error::{classify, ErrorClass};
 
 /// Number of hash slots of a Redis Cluster.
@@ -61,7 +61,7 @@ pub struct SlotRange {
 /// Reads `CLUSTER SLOTS` from one node; node URLs keep the scheme,
 /// credentials and options of the cluster URL.
 pub async fn slot_map_from(cluster_url: &str, node_url: &str) -> RedisResult<Vec<SlotRange>> {
-    let mut conn = connect::node(node_url).await?;
+    let mut conn = direct::node(node_url).await?;
     let reply: Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut conn)
@@ -86,7 +86,7 @@ fn parse_slots(reply: &Value, cluster_url: &str, asked_host: &str) -> Vec<SlotRa
                 "" | "?" => asked_host,
                 h => h,
             };
-            let primary = connect::cluster_node_url(cluster_url, host, owner.port)?;
+            let primary = direct::cluster_node_url(cluster_url, host, owner.port)?;
             Some(SlotRange {
                 start: owner.start,
                 end: owner.end,
@@ -96,6 +96,50 @@ fn parse_slots(reply: &Value, cluster_url: &str, asked_host: &str) -> Vec<SlotRa
         .collect();
     out.sort_by_key(|r| r.start);
     out
+}
+
+/// Asks every candidate node for the slot map at once and takes the first
+/// answer that has slots: a dead node then costs nothing, where asking in
+/// turn would wait out its connect timeout. The other asks are aborted on
+/// return. Answers the node that answered and its map.
+async fn first_slot_map(
+    cluster_url: &str,
+    candidates: Vec<String>,
+) -> RedisResult<(String, Vec<SlotRange>)> {
+    let mut asks = tokio::task::JoinSet::new();
+    for node in candidates {
+        let url = cluster_url.to_owned();
+        asks.spawn(async move {
+            let r = slot_map_from(&url, &node).await;
+            (node, r)
+        });
+    }
+    let mut last_err = None;
+    while let Some(joined) = asks.join_next().await {
+        match joined {
+            Ok((node, Ok(ranges))) if !ranges.is_empty() => return Ok((node, ranges)),
+            Ok((_, Ok(_))) => {
+                last_err = Some(RedisError::from((
+                    ErrorKind::ClusterConnectionNotFound,
+                    "a node answered CLUSTER SLOTS with no slots",
+                )))
+            }
+            Ok((_, Err(e))) => last_err = Some(e),
+            Err(e) => {
+                last_err = Some(RedisError::from((
+                    ErrorKind::Io,
+                    "slot map query",
+                    e.to_string(),
+                )))
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        RedisError::from((
+            ErrorKind::ClusterConnectionNotFound,
+            "no cluster node to ask",
+        ))
+    }))
 }
 
 /// Where a command goes.
@@ -202,15 +246,15 @@ pub struct ClusterPool {
 }
 
 impl ClusterPool {
-    /// `url` is a cluster URL (see [`connect::CLUSTER_SCHEMES`]); `pool_size`
+    /// `url` is a cluster URL (see [`crate::connect::CLUSTER_SCHEMES`]); `pool_size`
     /// connections at most per primary. Nothing connects until first use.
-    pub fn new(url: &str, pool_size: usize) -> Result<Self, connect::ConnectError> {
-        let seeds = connect::cluster_seeds(url).unwrap_or_default();
+    pub fn new(url: &str, pool_size: usize) -> Result<Self, direct::ConnectError> {
+        let seeds = direct::cluster_seeds(url).unwrap_or_default();
         if seeds.is_empty() {
-            return Err(connect::ConnectError::NoSeeds);
+            return Err(direct::ConnectError::NoSeeds);
         }
         for s in &seeds {
-            redis::Client::open(s.as_str()).map_err(connect::ConnectError::Url)?;
+            redis::Client::open(s.as_str()).map_err(direct::ConnectError::Url)?;
         }
         Ok(ClusterPool {
             inner: Arc::new(Inner {
@@ -268,71 +312,12 @@ impl ClusterPool {
                 candidates.push(s.clone());
             }
         }
-        // Ask every candidate at once and take the first answer: a dead
-        // node then costs nothing, where asking in turn would wait out its
-        // connect timeout. The other asks are aborted when `asks` drops.
-        let mut asks = tokio::task::JoinSet::new();
-        for node in candidates {
-            let url = self.inner.url.clone();
-            asks.spawn(async move {
-                let r = slot_map_from(&url, &node).await;
-                (node, r)
-            });
-        }
-        let mut last_err = None;
-        let mut found = None;
-        while let Some(joined) = asks.join_next().await {
-            match joined {
-                Ok((node, Ok(ranges))) if !ranges.is_empty() => {
-                    found = Some((node, ranges));
-                    break;
-                }
-                Ok((_, Ok(_))) => {
-                    last_err = Some(RedisError::from((
-                        ErrorKind::ClusterConnectionNotFound,
-                        "a node answered CLUSTER SLOTS with no slots",
-                    )))
-                }
-                Ok((_, Err(e))) => last_err = Some(e),
-                Err(e) => {
-                    last_err = Some(RedisError::from((
-                        ErrorKind::Io,
-                        "slot map query",
-                        e.to_string(),
-                    )))
-                }
-            }
-        }
-        drop(asks);
-        let Some((asked, ranges)) = found else {
-            return Err(last_err.unwrap_or_else(|| {
-                RedisError::from((
-                    ErrorKind::ClusterConnectionNotFound,
-                    "no cluster node to ask",
-                ))
-            }));
-        };
-        let mut pools = HashMap::new();
-        for r in &ranges {
-            if pools.contains_key(&r.primary) {
-                continue;
-            }
-            let pool = match old.pools.get(&r.primary) {
-                Some(p) => p.clone(),
-                None => connect::single_pool(&r.primary, self.inner.pool_size).map_err(|e| {
-                    RedisError::from((
-                        ErrorKind::InvalidClientConfig,
-                        "cluster node pool",
-                        e.to_string(),
-                    ))
-                })?,
-            };
-            pools.insert(r.primary.clone(), pool);
-        }
+        let (asked, ranges) = first_slot_map(&self.inner.url, candidates).await?;
+        let pools = self.pools_for(&ranges, &old)?;
         if old.ranges != ranges {
             tracing::info!(
                 primaries = pools.len(),
-                asked = %connect::redact_url(&asked),
+                asked = %direct::redact_url(&asked),
                 "Redis Cluster slot map updated"
             );
         }
@@ -343,6 +328,28 @@ impl ClusterPool {
         };
         *self.inner.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
         Ok(())
+    }
+
+    /// One pool per primary of `ranges`: the old map's where it had one.
+    fn pools_for(&self, ranges: &[SlotRange], old: &Map) -> RedisResult<HashMap<String, Pool>> {
+        let mut pools = HashMap::new();
+        for r in ranges {
+            if pools.contains_key(&r.primary) {
+                continue;
+            }
+            let pool = match old.pools.get(&r.primary) {
+                Some(p) => p.clone(),
+                None => direct::single_pool(&r.primary, self.inner.pool_size).map_err(|e| {
+                    RedisError::from((
+                        ErrorKind::InvalidClientConfig,
+                        "cluster node pool",
+                        e.to_string(),
+                    ))
+                })?,
+            };
+            pools.insert(r.primary.clone(), pool);
+        }
+        Ok(pools)
     }
 
     /// The pool of the node a target goes to (refreshing the map once if
@@ -396,7 +403,7 @@ impl ClusterPool {
                     Ok(c) => c,
                     Err(e) => {
                         // Never sent: safe to retry after a refresh.
-                        failure = Some((true, connect::pool_error(e)));
+                        failure = Some((true, direct::pool_error(e)));
                         break;
                     }
                 };

@@ -329,7 +329,10 @@ mod tests {
                 (bulk("entries-read"), Value::Int(7)),
                 (bulk("lag"), Value::Int(3)),
             ]),
-            Value::Map(vec![(bulk("name"), bulk("edge:b")), (bulk("lag"), Value::Nil)]),
+            Value::Map(vec![
+                (bulk("name"), bulk("edge:b")),
+                (bulk("lag"), Value::Nil),
+            ]),
         ]);
         for reply in [resp2, resp3] {
             assert_eq!(
