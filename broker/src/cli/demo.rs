@@ -16,7 +16,7 @@ use sluice_broker::error::Chain;
 use sluice_broker::{PublishError, PublishOptions, Publisher, PublisherConfig};
 use tokio::task::JoinSet;
 
-use super::RedisArgs;
+use super::args::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
