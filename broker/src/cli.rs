@@ -1,5 +1,7 @@
-//! Command-line parsing and dispatch; one module per subcommand.
+//! Command-line parsing and dispatch; one module per subcommand, and `args`
+//! for what they share.
 
+mod args;
 mod demo;
 mod publish;
 mod snapshot;
@@ -7,7 +9,9 @@ mod status;
 mod tail;
 mod token;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+pub use args::RedisArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about = "Sluice producer and operator CLI")]
@@ -16,21 +20,6 @@ pub struct Cli {
     pub redis: RedisArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct RedisArgs {
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`, `rediss://` for TLS).
-    #[arg(
-        long,
-        env = "SLUICE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        global = true
-    )]
-    pub redis_url: String,
-    /// Shard count of the deployment (must match every edge and producer).
-    #[arg(long, env = "SLUICE_SHARDS", default_value_t = sluice_shared::DEFAULT_SHARDS, global = true)]
-    pub shards: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,8 +47,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(&cli.redis, a).await,
         Command::Token(a) => token::run(a),
     }
-}
-
-pub fn parse_task(s: &str) -> anyhow::Result<sluice_shared::TaskId> {
-    sluice_shared::TaskId::parse(s).map_err(|e| anyhow::anyhow!("invalid task id {s:?}: {e}"))
 }

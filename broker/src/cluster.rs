@@ -12,7 +12,7 @@
 //!
 //! Why not the redis crate's cluster client: on this version, once a primary
 //! is killed, the whole client kept repairing its connection to the dead
-//! node and stalled requests for healthy slots too (issue 8 notes). Here a
+//! node and stalled requests for healthy slots too. Here a
 //! dead primary fails only the commands for its own slots until its replica
 //! is promoted.
 
@@ -24,7 +24,8 @@ use deadpool_redis::Pool;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, Value};
 
-use crate::connect;
+use crate::direct;
+use crate::error::{classify, ErrorClass};
 
 /// Number of hash slots of a Redis Cluster.
 pub const SLOTS: u16 = 16_384;
@@ -60,7 +61,7 @@ pub struct SlotRange {
 /// Reads `CLUSTER SLOTS` from one node; node URLs keep the scheme,
 /// credentials and options of the cluster URL.
 pub async fn slot_map_from(cluster_url: &str, node_url: &str) -> RedisResult<Vec<SlotRange>> {
-    let mut conn = connect::node(node_url).await?;
+    let mut conn = direct::node(node_url).await?;
     let reply: Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut conn)
@@ -77,46 +78,68 @@ pub async fn slot_map_from(cluster_url: &str, node_url: &str) -> RedisResult<Vec
 }
 
 fn parse_slots(reply: &Value, cluster_url: &str, asked_host: &str) -> Vec<SlotRange> {
-    let Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for range in ranges {
-        let Value::Array(parts) = range else { continue };
-        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
-            (parts.first(), parts.get(1), parts.get(2))
-        else {
-            continue;
-        };
-        let host = match node.first() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(Value::SimpleString(s)) => s.clone(),
-            _ => String::new(),
-        };
-        // An empty or "?" endpoint means "the address you reached me on".
-        let host = if host.is_empty() || host == "?" {
-            asked_host.to_owned()
-        } else {
-            host
-        };
-        let port = match node.get(1) {
-            Some(Value::Int(p)) => u16::try_from(*p).ok(),
-            _ => None,
-        };
-        let (Ok(start), Ok(end), Some(port)) = (u16::try_from(*start), u16::try_from(*end), port)
-        else {
-            continue;
-        };
-        if let Some(primary) = connect::cluster_node_url(cluster_url, &host, port) {
-            out.push(SlotRange {
-                start,
-                end,
+    let mut out: Vec<SlotRange> = crate::resp::cluster_slots(reply)
+        .into_iter()
+        .filter_map(|owner| {
+            // An empty or "?" endpoint means "the address you reached me on".
+            let host = match owner.host.as_str() {
+                "" | "?" => asked_host,
+                h => h,
+            };
+            let primary = direct::cluster_node_url(cluster_url, host, owner.port)?;
+            Some(SlotRange {
+                start: owner.start,
+                end: owner.end,
                 primary,
-            });
-        }
-    }
+            })
+        })
+        .collect();
     out.sort_by_key(|r| r.start);
     out
+}
+
+/// Asks every candidate node for the slot map at once and takes the first
+/// answer that has slots: a dead node then costs nothing, where asking in
+/// turn would wait out its connect timeout. The other asks are aborted on
+/// return. Answers the node that answered and its map.
+async fn first_slot_map(
+    cluster_url: &str,
+    candidates: Vec<String>,
+) -> RedisResult<(String, Vec<SlotRange>)> {
+    let mut asks = tokio::task::JoinSet::new();
+    for node in candidates {
+        let url = cluster_url.to_owned();
+        asks.spawn(async move {
+            let r = slot_map_from(&url, &node).await;
+            (node, r)
+        });
+    }
+    let mut last_err = None;
+    while let Some(joined) = asks.join_next().await {
+        match joined {
+            Ok((node, Ok(ranges))) if !ranges.is_empty() => return Ok((node, ranges)),
+            Ok((_, Ok(_))) => {
+                last_err = Some(RedisError::from((
+                    ErrorKind::ClusterConnectionNotFound,
+                    "a node answered CLUSTER SLOTS with no slots",
+                )))
+            }
+            Ok((_, Err(e))) => last_err = Some(e),
+            Err(e) => {
+                last_err = Some(RedisError::from((
+                    ErrorKind::Io,
+                    "slot map query",
+                    e.to_string(),
+                )))
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        RedisError::from((
+            ErrorKind::ClusterConnectionNotFound,
+            "no cluster node to ask",
+        ))
+    }))
 }
 
 /// Where a command goes.
@@ -223,17 +246,15 @@ pub struct ClusterPool {
 }
 
 impl ClusterPool {
-    /// `url` is a cluster URL (see [`connect::CLUSTER_SCHEMES`]); `pool_size`
+    /// `url` is a cluster URL (see [`crate::connect::CLUSTER_SCHEMES`]); `pool_size`
     /// connections at most per primary. Nothing connects until first use.
-    pub fn new(url: &str, pool_size: usize) -> Result<Self, connect::ConnectError> {
-        let seeds = connect::cluster_seeds(url).unwrap_or_default();
+    pub fn new(url: &str, pool_size: usize) -> Result<Self, direct::ConnectError> {
+        let seeds = direct::cluster_seeds(url).unwrap_or_default();
         if seeds.is_empty() {
-            return Err(connect::ConnectError::Pool(
-                "a cluster URL needs at least one seed node".into(),
-            ));
+            return Err(direct::ConnectError::NoSeeds);
         }
         for s in &seeds {
-            redis::Client::open(s.as_str()).map_err(connect::ConnectError::Url)?;
+            redis::Client::open(s.as_str()).map_err(direct::ConnectError::Url)?;
         }
         Ok(ClusterPool {
             inner: Arc::new(Inner {
@@ -291,71 +312,12 @@ impl ClusterPool {
                 candidates.push(s.clone());
             }
         }
-        // Ask every candidate at once and take the first answer: a dead
-        // node then costs nothing, where asking in turn would wait out its
-        // connect timeout. The other asks are aborted when `asks` drops.
-        let mut asks = tokio::task::JoinSet::new();
-        for node in candidates {
-            let url = self.inner.url.clone();
-            asks.spawn(async move {
-                let r = slot_map_from(&url, &node).await;
-                (node, r)
-            });
-        }
-        let mut last_err = None;
-        let mut found = None;
-        while let Some(joined) = asks.join_next().await {
-            match joined {
-                Ok((node, Ok(ranges))) if !ranges.is_empty() => {
-                    found = Some((node, ranges));
-                    break;
-                }
-                Ok((_, Ok(_))) => {
-                    last_err = Some(RedisError::from((
-                        ErrorKind::ClusterConnectionNotFound,
-                        "a node answered CLUSTER SLOTS with no slots",
-                    )))
-                }
-                Ok((_, Err(e))) => last_err = Some(e),
-                Err(e) => {
-                    last_err = Some(RedisError::from((
-                        ErrorKind::Io,
-                        "slot map query",
-                        e.to_string(),
-                    )))
-                }
-            }
-        }
-        drop(asks);
-        let Some((asked, ranges)) = found else {
-            return Err(last_err.unwrap_or_else(|| {
-                RedisError::from((
-                    ErrorKind::ClusterConnectionNotFound,
-                    "no cluster node to ask",
-                ))
-            }));
-        };
-        let mut pools = HashMap::new();
-        for r in &ranges {
-            if pools.contains_key(&r.primary) {
-                continue;
-            }
-            let pool = match old.pools.get(&r.primary) {
-                Some(p) => p.clone(),
-                None => connect::single_pool(&r.primary, self.inner.pool_size).map_err(|e| {
-                    RedisError::from((
-                        ErrorKind::InvalidClientConfig,
-                        "cluster node pool",
-                        e.to_string(),
-                    ))
-                })?,
-            };
-            pools.insert(r.primary.clone(), pool);
-        }
+        let (asked, ranges) = first_slot_map(&self.inner.url, candidates).await?;
+        let pools = self.pools_for(&ranges, &old)?;
         if old.ranges != ranges {
             tracing::info!(
                 primaries = pools.len(),
-                asked = %connect::redact_url(&asked),
+                asked = %direct::redact_url(&asked),
                 "Redis Cluster slot map updated"
             );
         }
@@ -366,6 +328,28 @@ impl ClusterPool {
         };
         *self.inner.map.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
         Ok(())
+    }
+
+    /// One pool per primary of `ranges`: the old map's where it had one.
+    fn pools_for(&self, ranges: &[SlotRange], old: &Map) -> RedisResult<HashMap<String, Pool>> {
+        let mut pools = HashMap::new();
+        for r in ranges {
+            if pools.contains_key(&r.primary) {
+                continue;
+            }
+            let pool = match old.pools.get(&r.primary) {
+                Some(p) => p.clone(),
+                None => direct::single_pool(&r.primary, self.inner.pool_size).map_err(|e| {
+                    RedisError::from((
+                        ErrorKind::InvalidClientConfig,
+                        "cluster node pool",
+                        e.to_string(),
+                    ))
+                })?,
+            };
+            pools.insert(r.primary.clone(), pool);
+        }
+        Ok(pools)
     }
 
     /// The pool of the node a target goes to (refreshing the map once if
@@ -419,14 +403,14 @@ impl ClusterPool {
                     Ok(c) => c,
                     Err(e) => {
                         // Never sent: safe to retry after a refresh.
-                        failure = Some((true, connect::pool_error(e)));
+                        failure = Some((true, direct::pool_error(e)));
                         break;
                     }
                 };
                 match op(conn).await {
                     Ok(v) => result = Some(v),
                     Err(e) => {
-                        failure = Some((retryable(&e), e));
+                        failure = Some((classify(&e).is_resendable(), e));
                         break;
                     }
                 }
@@ -434,7 +418,7 @@ impl ClusterPool {
             let Some((safe, e)) = failure else {
                 return result.ok_or_else(|| no_primary(0));
             };
-            if needs_refresh(&e) {
+            if classify(&e).needs_new_route() {
                 if let Err(re) = self.refresh(generation).await {
                     tracing::debug!(cause = %re, "slot map refresh failed");
                 }
@@ -453,23 +437,6 @@ fn no_primary(slot: u16) -> RedisError {
         "no primary serves the slot",
         slot.to_string(),
     ))
-}
-
-fn is_redirect(code: &str) -> bool {
-    matches!(
-        code,
-        "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN" | "LOADING"
-    )
-}
-
-/// A redirect or a cluster that is not serving yet: the command did not
-/// run and may be sent again once the map is fresh.
-fn retryable(e: &RedisError) -> bool {
-    e.code().is_some_and(is_redirect) || e.is_connection_refusal()
-}
-
-fn needs_refresh(e: &RedisError) -> bool {
-    retryable(e) || e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
 /// A handle that routes every command it is given to the right primary.
@@ -511,11 +478,13 @@ impl ConnectionLike for ClusterConn {
                         // a redirect there means the slot moved (all of a
                         // one-slot pipeline was refused), so surface it to be
                         // routed again.
-                        if let Some(Value::ServerError(e)) = values
-                            .iter()
-                            .find(|v| matches!(v, Value::ServerError(e) if is_redirect(e.code())))
-                        {
-                            return Err(RedisError::from(e.clone()));
+                        let redirect = values.iter().find_map(|v| match v {
+                            Value::ServerError(e) => Some(RedisError::from(e.clone()))
+                                .filter(|e| classify(e) == ErrorClass::NotServed),
+                            _ => None,
+                        });
+                        if let Some(e) = redirect {
+                            return Err(e);
                         }
                         Ok(values)
                     })

@@ -11,7 +11,7 @@ pub const NAME: &str = "sluice_publish";
 
 /// Loads (or replaces) the library. Idempotent; every broker and edge does it
 /// at start and again when Redis answers that the function is unknown (a
-/// restarted Redis without persistence).
+/// restarted Redis without persistence: [`crate::error::ErrorClass::FunctionMissing`]).
 pub async fn load<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
     redis::cmd("FUNCTION")
         .arg("LOAD")
@@ -20,11 +20,4 @@ pub async fn load<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<
         .query_async::<String>(conn)
         .await
         .map(|_| ())
-}
-
-/// True when Redis says the function does not exist (not loaded yet, or Redis
-/// lost it).
-pub fn is_missing(err: &redis::RedisError) -> bool {
-    let text = err.to_string();
-    text.contains("Function not found") || text.contains("function not found")
 }

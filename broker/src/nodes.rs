@@ -18,7 +18,8 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use sluice_shared::keys;
 
-use crate::reader::bulk_string;
+use crate::error::{classify, ErrorClass};
+use crate::resp;
 
 /// What one node last reported in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -243,7 +244,7 @@ pub async fn feed_stats<C: ConnectionLike + Send>(
         {
             Ok(v) => parse_groups(&v),
             // A feed nobody created yet has no groups.
-            Err(e) if is_no_such_key(&e) => Vec::new(),
+            Err(e) if classify(&e) == ErrorClass::NoSuchKey => Vec::new(),
             Err(e) => return Err(e),
         };
         out.push(ShardStats {
@@ -254,10 +255,6 @@ pub async fn feed_stats<C: ConnectionLike + Send>(
         });
     }
     Ok(out)
-}
-
-fn is_no_such_key(e: &redis::RedisError) -> bool {
-    e.to_string().to_ascii_lowercase().contains("no such key")
 }
 
 /// Reads the registry and the feeds into one view, ages measured on the
@@ -327,43 +324,18 @@ pub fn assemble(
     }
 }
 
-/// The groups of an `XINFO GROUPS` reply (RESP2 arrays or RESP3 maps).
+/// The groups of an `XINFO GROUPS` reply (read by [`resp::xinfo_groups`]),
+/// each with its node when it is an edge's group.
 pub fn parse_groups(reply: &Value) -> Vec<GroupInfo> {
-    let Value::Array(groups) = reply else {
-        return Vec::new();
-    };
-    let mut out = Vec::with_capacity(groups.len());
-    for g in groups {
-        let fields: Vec<(String, &Value)> = match g {
-            Value::Array(kv) => kv
-                .chunks(2)
-                .filter_map(|c| match c {
-                    [k, v] => bulk_string(k).map(|k| (k, v)),
-                    _ => None,
-                })
-                .collect(),
-            Value::Map(kv) => kv
-                .iter()
-                .filter_map(|(k, v)| bulk_string(k).map(|k| (k, v)))
-                .collect(),
-            _ => continue,
-        };
-        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
-        let Some(group) = get("name").and_then(bulk_string) else {
-            continue;
-        };
-        let int = |name: &str| match get(name) {
-            Some(Value::Int(n)) => u64::try_from(*n).ok(),
-            _ => None,
-        };
-        out.push(GroupInfo {
-            node: group.strip_prefix("edge:").map(str::to_owned),
-            lag: int("lag"),
-            entries_read: int("entries-read"),
-            group,
-        });
-    }
-    out
+    resp::xinfo_groups(reply)
+        .into_iter()
+        .map(|g| GroupInfo {
+            node: keys::group_node(&g.name).map(str::to_owned),
+            lag: g.lag,
+            entries_read: g.entries_read,
+            group: g.name,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use sluice_shared::task::{validate_event_type, validate_idempotency_key};
 use sluice_shared::{codec, Seq, TaskId, TaskIdError, TaskKeys, DEFAULT_SHARDS};
 
 use crate::connect::{self, ConnectError};
+use crate::error::{classify, ErrorClass, Unavailable};
 use crate::function;
 
 /// Default cap of a task's history (entries kept in its log).
@@ -48,12 +49,14 @@ pub enum PublishError {
     Encode(#[from] codec::CodecError),
     #[error("event data cannot be serialized as JSON")]
     Json(#[from] serde_json::Error),
-    #[error("Redis refused the event: {0}")]
-    Rejected(String),
+    /// The publish function refused the event (`SLUICE_INVALID`,
+    /// `SLUICE_TOO_LARGE`): the refusal is [`PublishError::refusal`].
+    #[error("Redis refused the event: {}", refusal_of(.0))]
+    Rejected(#[source] redis::RedisError),
+    /// Redis could not be reached or did not answer: retry with the same
+    /// idempotency key.
     #[error("Redis is unavailable")]
-    Redis(#[from] redis::RedisError),
-    #[error("Redis is unavailable: {0}")]
-    Pool(String),
+    Unavailable(#[source] Unavailable),
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// The event is stored on the primary (as `seq`), but fewer replicas
@@ -66,9 +69,41 @@ pub enum PublishError {
     NotReplicated { seq: Seq, acked: u32, wanted: u32 },
 }
 
+impl PublishError {
+    /// Redis could not serve the publish (as opposed to refusing it).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, PublishError::Unavailable(_))
+    }
+
+    /// Why the publish function refused the event, for
+    /// [`PublishError::Rejected`].
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            PublishError::Rejected(e) => Some(refusal_of(e)),
+            _ => None,
+        }
+    }
+}
+
+fn refusal_of(e: &redis::RedisError) -> &str {
+    e.detail().unwrap_or("invalid event")
+}
+
+impl From<Unavailable> for PublishError {
+    fn from(e: Unavailable) -> Self {
+        PublishError::Unavailable(e)
+    }
+}
+
+impl From<redis::RedisError> for PublishError {
+    fn from(e: redis::RedisError) -> Self {
+        PublishError::Unavailable(e.into())
+    }
+}
+
 impl From<deadpool_redis::PoolError> for PublishError {
     fn from(e: deadpool_redis::PoolError) -> Self {
-        PublishError::Pool(e.to_string())
+        PublishError::Unavailable(e.into())
     }
 }
 
@@ -230,13 +265,10 @@ impl Publisher {
     ) -> Result<Published, PublishError> {
         let cmd = self.fcall(task, kind, data, opts)?;
         let (mut replies, acked) = self.send_group(&[(0, cmd)]).await?;
-        let reply = replies.pop().unwrap_or_else(|| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "no reply to the publish",
-            )))
-        });
-        self.answer(task, reply, acked)
+        match replies.pop() {
+            Some(reply) => self.answer(task, reply, acked),
+            None => Err(Unavailable::NoReply.into()),
+        }
     }
 }
 
@@ -326,15 +358,15 @@ impl Publisher {
                     }
                 }
                 Err(e) => {
-                    let cause = e.to_string();
                     for (i, _) in &group {
-                        out[*i] = Some(Err(PublishError::Pool(cause.clone())));
+                        out[*i] = Some(Err(e.clone().into()));
                     }
                 }
             }
         }
+        // An event without an answer got no reply in its pipeline.
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(PublishError::Pool("not sent".into()))))
+            .map(|r| r.unwrap_or_else(|| Err(Unavailable::NoReply.into())))
             .collect()
     }
 
@@ -356,7 +388,7 @@ impl Publisher {
                 ts,
                 duplicate: dup == 1,
             }),
-            Err(e) => Err(classify(task, e)),
+            Err(e) => Err(refused(task, e)),
         }
     }
 
@@ -368,7 +400,7 @@ impl Publisher {
     async fn send_group(
         &self,
         group: &[(usize, redis::Cmd)],
-    ) -> Result<(Vec<redis::RedisResult<(u64, i64, u8)>>, u32), PublishError> {
+    ) -> Result<(Vec<redis::RedisResult<(u64, i64, u8)>>, u32), Unavailable> {
         let wanted = self.config.wait_replicas;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -386,19 +418,19 @@ impl Publisher {
                 pipe.query_async(&mut conn).await?;
             if replies
                 .iter()
-                .any(|r| matches!(r, Err(e) if function::is_missing(e)))
+                .any(|r| matches!(r, Err(e) if classify(e) == ErrorClass::FunctionMissing))
             {
                 // Redis lost its functions: none of these ran. Load, resend.
                 tracing::warn!("sluice_publish missing on Redis; loading it again");
                 function::load(&mut conn).await?;
                 replies = pipe.query_async(&mut conn).await?;
             }
-            Ok::<_, PublishError>(replies)
+            Ok::<_, Unavailable>(replies)
         };
         let limit = connect::DEFAULT_RESPONSE_TIMEOUT * 2 + self.config.wait_timeout;
         let mut replies = match tokio::time::timeout(limit, call).await {
             Ok(r) => r?,
-            Err(_) => return Err(PublishError::Pool("Redis did not answer in time".into())),
+            Err(_) => return Err(Unavailable::TimedOut),
         };
         let acked = if wanted > 0 {
             match replies.pop() {
@@ -428,12 +460,11 @@ pub struct Outgoing<'a> {
     pub opts: PublishOptions,
 }
 
-fn classify(task: &TaskId, e: redis::RedisError) -> PublishError {
-    match e.code() {
-        Some("SLUICE_CLOSED") => PublishError::Closed(task.to_string()),
-        Some("SLUICE_INVALID") | Some("SLUICE_TOO_LARGE") => {
-            PublishError::Rejected(e.detail().unwrap_or("invalid event").to_owned())
-        }
-        _ => PublishError::Redis(e),
+/// A publish function's error reply as a [`PublishError`].
+fn refused(task: &TaskId, e: redis::RedisError) -> PublishError {
+    match classify(&e) {
+        ErrorClass::TaskClosed => PublishError::Closed(task.to_string()),
+        ErrorClass::EventRefused => PublishError::Rejected(e),
+        _ => PublishError::Unavailable(e.into()),
     }
 }

@@ -1,13 +1,13 @@
 //! Reads of a task's snapshot and history, shared by the CLI and the edge's
 //! Redis store. Entries that do not decode are reported, never panicked on.
 
-use std::collections::HashMap;
-
 use redis::aio::ConnectionLike;
 use redis::Value;
 use sluice_shared::codec::{self, CodecError};
 use sluice_shared::event::{Snapshot, TaskState};
 use sluice_shared::{Seq, StoredEvent, TaskId, TaskKeys};
+
+use crate::resp::parse_entries;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -122,53 +122,4 @@ pub fn decode_for(task: &TaskId, bytes: &[u8]) -> Result<StoredEvent, CodecError
 /// The seq of a log entry id `<seq>-0`.
 pub fn entry_seq(id: &str) -> Option<Seq> {
     id.split_once('-').and_then(|(s, _)| s.parse().ok())
-}
-
-/// One stream entry: its id and its fields.
-pub type Entry = (String, HashMap<String, Vec<u8>>);
-
-/// Stream entries as `(id, field -> value bytes)`, from an XRANGE-shaped
-/// reply (an array of `[id, [field, value, ...]]`).
-pub fn parse_entries(reply: &Value) -> Result<Vec<Entry>, String> {
-    let Value::Array(items) = reply else {
-        if matches!(reply, Value::Nil) {
-            return Ok(Vec::new());
-        }
-        return Err(format!("expected an array of entries, got {reply:?}"));
-    };
-    items.iter().map(parse_entry).collect()
-}
-
-fn parse_entry(item: &Value) -> Result<Entry, String> {
-    let Value::Array(pair) = item else {
-        return Err("entry is not an array".into());
-    };
-    let [id, fields] = pair.as_slice() else {
-        return Err("entry is not [id, fields]".into());
-    };
-    let id = bulk_string(id).ok_or("entry id is not a string")?;
-    let Value::Array(kv) = fields else {
-        return Err("entry fields are not an array".into());
-    };
-    let mut map = HashMap::with_capacity(kv.len() / 2);
-    for chunk in kv.chunks(2) {
-        if let [k, v] = chunk {
-            let k = bulk_string(k).ok_or("field name is not a string")?;
-            let v = bulk_bytes(v).ok_or("field value is not a string")?;
-            map.insert(k, v.to_vec());
-        }
-    }
-    Ok((id, map))
-}
-
-pub fn bulk_bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        _ => None,
-    }
-}
-
-pub fn bulk_string(v: &Value) -> Option<String> {
-    bulk_bytes(v).and_then(|b| String::from_utf8(b.to_vec()).ok())
 }

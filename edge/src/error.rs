@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sluice_broker::error::Chain;
 use sluice_broker::PublishError;
 
 use crate::store::StoreError;
@@ -59,13 +60,13 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => {
-                tracing::warn!(cause = %m, "backend unavailable");
-                ApiError::unavailable(
-                    "backend_unavailable",
-                    "the event store is unreachable; retry shortly",
-                    2,
-                )
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(cause = %Chain(&cause), "backend unavailable");
+                backend_unavailable()
+            }
+            StoreError::Connect(cause) => {
+                tracing::warn!(cause = %Chain(&cause), "backend unavailable");
+                backend_unavailable()
             }
             StoreError::Corrupt { task, what } => {
                 tracing::error!(task = %task, cause = %what, "corrupt stored data");
@@ -82,7 +83,7 @@ impl From<StoreError> for ApiError {
 
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
-        match e {
+        match &e {
             PublishError::InvalidTask(_) => ApiError::bad_request("invalid_task", e.to_string()),
             PublishError::InvalidType(_) => ApiError::bad_request("invalid_type", e.to_string()),
             PublishError::InvalidIdempotencyKey(_) => {
@@ -97,7 +98,9 @@ impl From<PublishError> for ApiError {
             PublishError::Encode(_) | PublishError::Json(_) => {
                 ApiError::bad_request("invalid_data", e.to_string())
             }
-            PublishError::Rejected(m) => ApiError::bad_request("rejected", m),
+            PublishError::Rejected(_) => {
+                ApiError::bad_request("rejected", e.refusal().unwrap_or_default())
+            }
             PublishError::NotReplicated { .. } => {
                 tracing::warn!(cause = %e, "publish not confirmed by enough replicas");
                 ApiError::unavailable(
@@ -106,14 +109,107 @@ impl From<PublishError> for ApiError {
                     1,
                 )
             }
-            PublishError::Redis(_) | PublishError::Pool(_) | PublishError::Connect(_) => {
-                tracing::warn!(cause = %e, "publish failed: backend unavailable");
-                ApiError::unavailable(
-                    "backend_unavailable",
-                    "the event store is unreachable; retry shortly",
-                    2,
-                )
+            PublishError::Unavailable(_) | PublishError::Connect(_) => {
+                tracing::warn!(cause = %Chain(&e), "publish failed: backend unavailable");
+                backend_unavailable()
             }
         }
+    }
+}
+
+/// 503 `backend_unavailable`: the store cannot serve the call right now.
+fn backend_unavailable() -> ApiError {
+    ApiError::unavailable(
+        "backend_unavailable",
+        "the event store is unreachable; retry shortly",
+        2,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_broker::Unavailable;
+
+    fn server_error(line: &str) -> redis::RedisError {
+        match redis::parse_redis_value(format!("-{line}\r\n").as_bytes()) {
+            Ok(redis::Value::ServerError(e)) => e.into(),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    fn api(e: impl Into<ApiError>) -> (u16, &'static str, String, Option<u64>) {
+        let e = e.into();
+        (e.status.as_u16(), e.code, e.message, e.retry_after)
+    }
+
+    const UNREACHABLE: &str = "the event store is unreachable; retry shortly";
+
+    #[test]
+    fn unavailable_backends_answer_503() {
+        let io =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        for e in [
+            StoreError::Unavailable(Unavailable::Redis(io.clone())),
+            StoreError::Unavailable(Unavailable::TimedOut),
+            StoreError::Unavailable(Unavailable::from(deadpool_redis::PoolError::Closed)),
+            StoreError::Connect(sluice_broker::connect::ConnectError::NoSeeds),
+            StoreError::Publish(PublishError::from(io.clone())),
+            StoreError::Publish(PublishError::Unavailable(Unavailable::NoReply)),
+        ] {
+            assert_eq!(
+                api(e),
+                (503, "backend_unavailable", UNREACHABLE.to_owned(), Some(2))
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_keep_their_codes_and_messages() {
+        let rejected = PublishError::Rejected(server_error("SLUICE_INVALID bad event type"));
+        assert_eq!(
+            api(rejected),
+            (400, "rejected", "bad event type".to_owned(), None)
+        );
+        assert_eq!(
+            api(PublishError::Closed("job-1".into())),
+            (
+                409,
+                "task_closed",
+                "task job-1 is closed: it already received its final event".to_owned(),
+                None
+            )
+        );
+        assert_eq!(
+            api(PublishError::TooLarge { size: 9, max: 8 }),
+            (
+                413,
+                "too_large",
+                "event data is 9 bytes encoded; the limit is 8".to_owned(),
+                None
+            )
+        );
+        let (status, code, message, retry) = api(PublishError::NotReplicated {
+            seq: 4,
+            acked: 0,
+            wanted: 1,
+        });
+        assert_eq!((status, code, retry), (503, "not_replicated", Some(1)));
+        assert!(
+            message.ends_with("; retry with the same idempotency_key"),
+            "{message}"
+        );
+        assert_eq!(
+            api(StoreError::Corrupt {
+                task: "job-1".into(),
+                what: "entry 1-0 has no event".into()
+            }),
+            (
+                500,
+                "corrupt_data",
+                "stored data of task job-1 cannot be read".to_owned(),
+                None
+            )
+        );
     }
 }

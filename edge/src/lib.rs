@@ -21,8 +21,8 @@
 //! - [`subscription`]: one (connection, task) cursor: snapshot, resume, gap
 //!   fill, catch-up, resets. [`hub`]: the live fan-out to subscriptions.
 //!   [`wire`]: the encoding of events (SSE frame, JSON envelope).
-//! - [`store`] (memory and Redis) and [`feed`]: the backend and the live
-//!   feed reader.
+//! - [`store`]: the backend, memory and Redis (the Redis store holds the
+//!   live feed reader, `store::redis::feed`).
 //! - [`auth`] (subscriber tokens), [`limits`] (connection limit and rate),
 //!   [`error`] (JSON API errors), [`metrics`], [`config`].
 //! - [`status`] (what the node is and holds), [`registry`] (node registry
@@ -39,7 +39,6 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
-pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

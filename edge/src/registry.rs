@@ -91,7 +91,7 @@ pub fn spawn(
     if status.store.kind() != "redis" {
         return Ok(());
     }
-    let pool = connect::pool(url, POOL_SIZE).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let pool = connect::pool(url, POOL_SIZE)?;
     let registry = Registry::new(pool, &status.node_id, status.shards, grace);
     let span = tracing::info_span!("registry", node = %status.node_id);
     tasks.spawn(registry.run(status.clone(), stop).instrument(span));

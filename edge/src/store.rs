@@ -3,9 +3,19 @@
 //!
 //! - [`redis::RedisStore`]: production. Publish is the atomic
 //!   `sluice_publish` function; history is the task log; the live feed is one
-//!   consumer-group reader per node over all shard feeds.
+//!   consumer-group reader per node over all shard feeds (on a cluster, one
+//!   per shard).
 //! - [`memory::MemoryStore`]: the embedded single-node default. Same
 //!   semantics, kept in this process (lost on restart).
+//!
+//! # Layout
+//!
+//! - `store.rs` (this module): the [`Store`] contract, [`FeedSink`] (where
+//!   the live feed delivers: the hub) and [`StoreError`].
+//! - `store/memory.rs`: [`memory::MemoryStore`].
+//! - `store/redis/mod.rs`: [`redis::RedisStore`]; beside it `feed.rs` (the
+//!   feed reader), `loss.rs` (loss detection per shard feed) and
+//!   `control.rs` (the reader's short commands).
 //!
 //! Guarantees every implementation gives:
 //! - seqs of a task are 1, 2, 3 ... with no gaps, assigned at publish;
@@ -23,25 +33,49 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use sluice_broker::{PublishError, PublishOptions, Published};
+use sluice_broker::connect::ConnectError;
+use sluice_broker::{PublishError, PublishOptions, Published, Unavailable};
 use sluice_shared::event::Snapshot;
 use sluice_shared::{Seq, StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend cannot serve the call right now (Redis away, refused,
+    /// too slow, or answering with an error): retry later.
     #[error("backend unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Unavailable),
     #[error("stored data of task {task} is corrupt: {what}")]
     Corrupt { task: String, what: String },
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// The Redis URL or pool cannot be used (configuration, not an outage).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+impl StoreError {
+    /// The backend failed the call (for metrics): unavailable, for reads
+    /// and publishes alike.
+    pub fn is_backend_failure(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Publish(p) => p.is_unavailable(),
+            StoreError::Corrupt { .. } | StoreError::Connect(_) => false,
+        }
+    }
+}
+
+impl From<Unavailable> for StoreError {
+    fn from(e: Unavailable) -> Self {
+        StoreError::Unavailable(e)
+    }
 }
 
 impl From<sluice_broker::ReadError> for StoreError {
     fn from(e: sluice_broker::ReadError) -> Self {
         match e {
-            sluice_broker::ReadError::Redis(e) => StoreError::Unavailable(e.to_string()),
+            sluice_broker::ReadError::Redis(e) => StoreError::Unavailable(e.into()),
             sluice_broker::ReadError::Corrupt { task, what } => StoreError::Corrupt { task, what },
         }
     }
@@ -49,13 +83,13 @@ impl From<sluice_broker::ReadError> for StoreError {
 
 impl From<deadpool_redis::PoolError> for StoreError {
     fn from(e: deadpool_redis::PoolError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(e.into())
     }
 }
 
 impl From<::redis::RedisError> for StoreError {
     fn from(e: ::redis::RedisError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(e.into())
     }
 }
 

@@ -38,6 +38,17 @@ pub fn feed_key(shard: u32) -> String {
     format!("sluice:{{s{shard}}}:feed")
 }
 
+/// The shard of a feed key: the inverse of [`feed_key`]. `None` for any
+/// other key.
+pub fn feed_shard(key: &str) -> Option<u32> {
+    let digits = key.strip_prefix("sluice:{s")?.strip_suffix("}:feed")?;
+    // `u32::from_str` takes a leading `+`; feed_key never writes one.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// All feed keys of a deployment, in shard order.
 pub fn feed_keys(shards: u32) -> Vec<String> {
     (0..shards).map(feed_key).collect()
@@ -46,6 +57,12 @@ pub fn feed_keys(shards: u32) -> Vec<String> {
 /// The consumer group of an edge node on every shard feed.
 pub fn group_name(node_id: &str) -> String {
     format!("edge:{node_id}")
+}
+
+/// The node id of an edge's consumer group: the inverse of [`group_name`].
+/// `None` for a group that is not an edge's.
+pub fn group_node(group: &str) -> Option<&str> {
+    group.strip_prefix("edge:")
 }
 
 /// The node registry: a sorted set of node ids scored by their last
@@ -109,6 +126,39 @@ mod tests {
         assert_eq!(group_name("n1"), "edge:n1");
         assert_eq!(node_key("n1"), "sluice:node:n1");
         assert!(NODES_KEY.starts_with(PREFIX) && node_reap_lock_key("n1").starts_with(PREFIX));
+    }
+
+    #[test]
+    fn feed_keys_parse_back() {
+        for shard in [0, 1, 7, 15, 16, 1023, u32::MAX] {
+            assert_eq!(feed_shard(&feed_key(shard)), Some(shard));
+        }
+        let t = TaskId::parse("job-42").expect("valid");
+        let k = TaskKeys::new(&t, 16);
+        assert_eq!(feed_shard(&k.feed), Some(k.shard));
+        for other in [
+            "",
+            "sluice:{s}:feed",
+            "sluice:{s+1}:feed",
+            "sluice:{s-1}:feed",
+            "sluice:{s1}:feeds",
+            "sluice:{s1}:feed:x",
+            "sluice:{sx}:feed",
+            "sluice:{s99999999999}:feed",
+            "other:{s1}:feed",
+            &k.log,
+            &k.meta,
+        ] {
+            assert_eq!(feed_shard(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn group_names_parse_back() {
+        for node in ["n1", "host-7f3a", "", "edge:nested"] {
+            assert_eq!(group_node(&group_name(node)), Some(node));
+        }
+        assert_eq!(group_node("reporting"), None);
     }
 
     #[test]

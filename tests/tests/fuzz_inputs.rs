@@ -47,7 +47,10 @@ fn redis_value() -> impl Strategy<Value = Value> {
         "[a-z0-9-]{0,8}".prop_map(Value::SimpleString),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
-        prop::collection::vec(inner, 0..6).prop_map(Value::Array)
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+        ]
     })
 }
 
@@ -123,7 +126,14 @@ proptest! {
     /// Any reply shape from Redis is parsed or refused, never panicked on.
     #[test]
     fn stream_replies_are_parsed_totally(v in redis_value()) {
-        let _ = sluice_broker::reader::parse_entries(&v);
+        use sluice_broker::resp;
+        let _ = resp::parse_entries(&v);
+        for (_, entries) in resp::stream_replies(&v) {
+            let _ = resp::parse_entries(entries);
+        }
+        let _ = resp::field_u64(&v, "entries-added");
+        let _ = resp::xinfo_groups(&v);
+        let _ = resp::cluster_slots(&v);
     }
 
     /// Resume points: accepted exactly when they are a decimal u64.

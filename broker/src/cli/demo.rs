@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use sluice_broker::error::Chain;
 use sluice_broker::{PublishError, PublishOptions, Publisher, PublisherConfig};
 use tokio::task::JoinSet;
 
-use super::RedisArgs;
+use super::args::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -109,7 +110,7 @@ async fn connect(url: &str, config: PublisherConfig) -> anyhow::Result<Publisher
             Err(PublishError::Connect(e)) => return Err(e.into()),
             Err(e) => {
                 if quiet == 0 {
-                    eprintln!("demo: waiting for Redis ({e})");
+                    eprintln!("demo: waiting for Redis ({})", Chain(&e));
                     quiet = 10;
                 }
                 quiet -= 1;
@@ -168,7 +169,7 @@ async fn slot(
                     // A previous run finished this round: go to the next.
                     Err(PublishError::Closed(_)) => break 'events,
                     Err(e) => {
-                        eprintln!("demo: {task}: {e}; retrying in 1 s");
+                        eprintln!("demo: {task}: {}; retrying in 1 s", Chain(&e));
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }

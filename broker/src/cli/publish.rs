@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Args;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
 
-use super::RedisArgs;
+use super::args::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {

@@ -3,7 +3,7 @@
 use clap::Args;
 use sluice_broker::{connect, reader};
 
-use super::RedisArgs;
+use super::args::RedisArgs;
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
@@ -12,7 +12,7 @@ pub struct SnapshotArgs {
 }
 
 pub async fn run(redis: &RedisArgs, a: SnapshotArgs) -> anyhow::Result<()> {
-    let task = super::parse_task(&a.task)?;
+    let task = super::args::parse_task(&a.task)?;
     let pool = connect::pool(&redis.redis_url, 1)?;
     let mut conn = pool.get().await?;
     match reader::snapshot(&mut conn, &task, redis.shards).await? {

@@ -9,7 +9,7 @@ use clap::Args;
 use sluice_broker::connect;
 use sluice_broker::nodes::{self, ClusterStatus};
 
-use super::RedisArgs;
+use super::args::RedisArgs;
 
 /// Must match the edges' `--node-grace-secs` to flag the same nodes as stale.
 pub const DEFAULT_GRACE_SECS: u64 = 30;
@@ -40,6 +40,22 @@ pub async fn run(redis: &RedisArgs, a: StatusArgs) -> anyhow::Result<()> {
 /// The human-readable report: a node table, then a shard table.
 pub fn render(s: &ClusterStatus) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "nodes: {}", s.nodes.len());
+    table(&mut out, &node_rows(s));
+    let _ = writeln!(out, "\nshards: {}", s.shards.len());
+    table(&mut out, &shard_rows(s));
+    if !s.orphan_groups.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nedge groups without a registered node: {}",
+            s.orphan_groups.join(" ")
+        );
+    }
+    out
+}
+
+/// The node table: a header, then one row per node.
+fn node_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
     let mut rows = vec![[
         "NODE",
         "ADDRESS",
@@ -80,9 +96,11 @@ pub fn render(s: &ClusterStatus) -> String {
             state.to_owned(),
         ]);
     }
-    let _ = writeln!(out, "nodes: {}", s.nodes.len());
-    table(&mut out, &rows);
+    rows
+}
 
+/// The shard table: a header, then one row per shard feed.
+fn shard_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
     let mut rows = vec![[
         "SHARD",
         "FEED",
@@ -114,16 +132,7 @@ pub fn render(s: &ClusterStatus) -> String {
             by_node.join(" "),
         ]);
     }
-    let _ = writeln!(out, "\nshards: {}", s.shards.len());
-    table(&mut out, &rows);
-    if !s.orphan_groups.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nedge groups without a registered node: {}",
-            s.orphan_groups.join(" ")
-        );
-    }
-    out
+    rows
 }
 
 fn table(out: &mut String, rows: &[Vec<String>]) {

@@ -9,7 +9,7 @@ use redis::Value;
 use sluice_broker::{connect, reader};
 use sluice_shared::TaskKeys;
 
-use super::RedisArgs;
+use super::args::RedisArgs;
 
 /// How long one blocking read waits before the loop checks again.
 const BLOCK_MS: u64 = 2_000;
@@ -32,7 +32,7 @@ pub struct TailArgs {
 const MAX_RETRIES: u32 = 10;
 
 pub async fn run(redis: &RedisArgs, a: TailArgs) -> anyhow::Result<()> {
-    let task = super::parse_task(&a.task)?;
+    let task = super::args::parse_task(&a.task)?;
     let keys = TaskKeys::new(&task, redis.shards);
     let mut conn = connect::dedicated_for_key(&redis.redis_url, &keys.log).await?;
     let mut last = match a.after {

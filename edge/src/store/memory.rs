@@ -53,6 +53,27 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The checks `sluice_publish` makes before it writes anything.
+    fn validate(
+        &self,
+        kind: &str,
+        data: &Value,
+        opts: &PublishOptions,
+    ) -> Result<(), PublishError> {
+        validate_event_type(kind).map_err(PublishError::InvalidType)?;
+        if let Some(k) = &opts.idempotency_key {
+            validate_idempotency_key(k).map_err(PublishError::InvalidIdempotencyKey)?;
+        }
+        let size = codec::encode_data(data)?.len();
+        if size > self.config.max_data_bytes {
+            return Err(PublishError::TooLarge {
+                size,
+                max: self.config.max_data_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn sweep(&self) {
         let now = Instant::now();
         self.lock().tasks.retain(|_, t| t.expires > now);
@@ -61,6 +82,82 @@ impl MemoryStore {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// What [`MemTask::append`] did.
+enum Appended {
+    New(StoredEvent),
+    /// The idempotency key was used: nothing appended; the first seq.
+    Duplicate(Seq),
+}
+
+impl MemTask {
+    fn new() -> Self {
+        MemTask {
+            seq: 0,
+            closed: false,
+            log: VecDeque::new(),
+            idem: HashMap::new(),
+            expires: Instant::now(),
+        }
+    }
+
+    /// Appends one event as `sluice_publish` does: a repeated idempotency
+    /// key answers the first seq, a closed task refuses, else the next seq
+    /// (the log capped, the task closed by a final event, its expiry
+    /// moved).
+    fn append(
+        &mut self,
+        task: &TaskId,
+        kind: &str,
+        data: &Value,
+        opts: &PublishOptions,
+        ts: i64,
+        config: &PublisherConfig,
+    ) -> Result<Appended, PublishError> {
+        if let Some(seq) = opts.idempotency_key.as_ref().and_then(|k| self.idem.get(k)) {
+            return Ok(Appended::Duplicate(*seq));
+        }
+        if self.closed {
+            return Err(PublishError::Closed(task.to_string()));
+        }
+        self.seq += 1;
+        let ev = StoredEvent {
+            task: task.to_string(),
+            seq: self.seq,
+            kind: kind.to_owned(),
+            data: data.clone(),
+            ts,
+            is_final: opts.is_final,
+        };
+        self.log.push_back(ev.clone());
+        while self.log.len() as u64 > config.log_cap {
+            self.log.pop_front();
+        }
+        if let Some(k) = &opts.idempotency_key {
+            self.idem.insert(k.clone(), self.seq);
+        }
+        self.closed = opts.is_final;
+        let ttl = if opts.is_final {
+            config.retention_secs
+        } else {
+            config.idle_ttl_secs
+        };
+        self.expires = Instant::now() + Duration::from_secs(ttl);
+        Ok(Appended::New(ev))
+    }
+}
+
+/// The task's entry, created if it is unknown or expired.
+fn entry<'a>(inner: &'a mut Inner, task: &str) -> &'a mut MemTask {
+    let now = Instant::now();
+    if inner.tasks.get(task).is_some_and(|t| t.expires <= now) {
+        inner.tasks.remove(task);
+    }
+    inner
+        .tasks
+        .entry(task.to_owned())
+        .or_insert_with(MemTask::new)
 }
 
 fn live<'a>(inner: &'a mut Inner, task: &str) -> Option<&'a mut MemTask> {
@@ -84,70 +181,20 @@ impl Store for MemoryStore {
         data: &Value,
         opts: &PublishOptions,
     ) -> Result<Published, StoreError> {
-        validate_event_type(kind).map_err(PublishError::InvalidType)?;
-        if let Some(k) = &opts.idempotency_key {
-            validate_idempotency_key(k).map_err(PublishError::InvalidIdempotencyKey)?;
-        }
-        let size = codec::encode_data(data).map_err(PublishError::from)?.len();
-        if size > self.config.max_data_bytes {
-            return Err(PublishError::TooLarge {
-                size,
-                max: self.config.max_data_bytes,
-            }
-            .into());
-        }
+        self.validate(kind, data, opts)?;
         let mut inner = self.lock();
-        let ttl = Duration::from_secs(if opts.is_final {
-            self.config.retention_secs
-        } else {
-            self.config.idle_ttl_secs
-        });
         let ts = now_ms();
-        let ev = {
-            let entry = match live(&mut inner, task.as_str()) {
-                Some(t) => t,
-                None => inner
-                    .tasks
-                    .entry(task.as_str().to_owned())
-                    .or_insert_with(|| MemTask {
-                        seq: 0,
-                        closed: false,
-                        log: VecDeque::new(),
-                        idem: HashMap::new(),
-                        expires: Instant::now(),
-                    }),
-            };
-            if let Some(k) = &opts.idempotency_key {
-                if let Some(seq) = entry.idem.get(k) {
-                    return Ok(Published {
-                        seq: *seq,
-                        ts,
-                        duplicate: true,
-                    });
-                }
+        let appended =
+            entry(&mut inner, task.as_str()).append(task, kind, data, opts, ts, &self.config)?;
+        let ev = match appended {
+            Appended::New(ev) => ev,
+            Appended::Duplicate(seq) => {
+                return Ok(Published {
+                    seq,
+                    ts,
+                    duplicate: true,
+                })
             }
-            if entry.closed {
-                return Err(PublishError::Closed(task.to_string()).into());
-            }
-            entry.seq += 1;
-            let ev = StoredEvent {
-                task: task.to_string(),
-                seq: entry.seq,
-                kind: kind.to_owned(),
-                data: data.clone(),
-                ts,
-                is_final: opts.is_final,
-            };
-            entry.log.push_back(ev.clone());
-            while entry.log.len() as u64 > self.config.log_cap {
-                entry.log.pop_front();
-            }
-            if let Some(k) = &opts.idempotency_key {
-                entry.idem.insert(k.clone(), entry.seq);
-            }
-            entry.closed = opts.is_final;
-            entry.expires = Instant::now() + ttl;
-            ev
         };
         // Delivered under the store lock so the feed sees a task's events in
         // seq order; sinks never block (they only `try_send`).

@@ -1,20 +1,36 @@
 //! The Redis store: publish through `sluice_publish`, snapshot and history
-//! from the task keys, live feed through the node's consumer groups
-//! ([`crate::feed::FeedReader`]).
+//! from the task keys, live feed through the node's consumer groups.
+//!
+//! # Layout
+//!
+//! - `mod.rs`: [`RedisStore`], the [`Store`] on Redis (one Redis or a
+//!   Redis Cluster); it runs the feed readers.
+//! - `feed`: the feed reader's state machine (attach, re-sync, read,
+//!   back off), one per node or, on a cluster, one per shard.
+//! - `loss`: loss detection per shard feed (skipped, trimmed, lost
+//!   writes), pure accounting the reader acts on.
+//! - `control`: where a reader sends its short commands.
+//!
+//! Reply parsing is `sluice_broker::resp`, Redis error classes
+//! `sluice_broker::error`, feed keys `sluice_shared::keys`.
+
+mod control;
+mod feed;
+mod loss;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
 use sluice_broker::{
-    connect, function, reader, PublishOptions, Published, Publisher, PublisherConfig,
+    connect, reader, PublishOptions, Published, Publisher, PublisherConfig, Unavailable,
 };
 use sluice_shared::event::Snapshot;
 use sluice_shared::{keys, Seq, StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
 
+use self::feed::{FeedReader, FeedSettings};
 use super::{FeedSink, Store, StoreError};
-use crate::feed::{FeedReader, FeedSettings};
 
 pub struct RedisStore {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
@@ -31,8 +47,7 @@ impl RedisStore {
         node_id: &str,
         config: PublisherConfig,
     ) -> Result<Self, StoreError> {
-        let pool = connect::pool(url, config.pool_size)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = connect::pool(url, config.pool_size)?;
         let shards = config.shards;
         let publisher = Publisher::from_pool(pool, config);
         publisher.load_function().await?;
@@ -53,12 +68,7 @@ impl RedisStore {
         let start = std::time::Instant::now();
         let r = f.await;
         if let Some(m) = self.metrics.get() {
-            let ok = !matches!(
-                r,
-                Err(StoreError::Unavailable(_))
-                    | Err(StoreError::Publish(sluice_broker::PublishError::Redis(_)))
-                    | Err(StoreError::Publish(sluice_broker::PublishError::Pool(_)))
-            );
+            let ok = !r.as_ref().is_err_and(StoreError::is_backend_failure);
             m.redis_call(op, start.elapsed(), ok);
         }
         r
@@ -194,17 +204,6 @@ async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(connect::DEFAULT_RESPONSE_TIMEOUT * 2, f).await {
         Ok(r) => r,
-        Err(_) => Err(StoreError::Unavailable(
-            "Redis did not answer in time".into(),
-        )),
+        Err(_) => Err(Unavailable::TimedOut.into()),
     }
-}
-
-/// Loads the function again (used by the feed reader after Redis lost it).
-pub(crate) async fn reload_function(
-    pool: &sluice_broker::connect::RedisPool,
-) -> Result<(), StoreError> {
-    let mut conn = pool.get().await?;
-    function::load(&mut conn).await?;
-    Ok(())
 }
