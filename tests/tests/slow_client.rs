@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
-use sluice_edge::hub::Event;
+use sluice_edge::wire::Event;
 use sluice_shared::StoredEvent;
 use sluice_tests::checker::Received;
 use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient};
