@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::connect;
+use sluice_broker::error::ErrorClass;
 use sluice_broker::connect::RedisPool as Pool;
 use sluice_broker::nodes::{self, ClusterStatus, NodeInfo};
 use sluice_shared::keys;
@@ -290,7 +291,7 @@ impl Registry {
             match r {
                 Ok(n) => destroyed += n as u32,
                 // A feed that was never created holds no group.
-                Err(e) if e.to_string().contains("key to exist") => {}
+                Err(e) if sluice_broker::error::classify(&e) == ErrorClass::NoSuchKey => {}
                 Err(e) => return Err(e.into()),
             }
         }
