@@ -27,6 +27,8 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.validate_exp = true;
+        // A token whose `nbf` (not before) is still in the future is refused.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp"]);
         Verifier {
             keys: secrets
@@ -42,21 +44,19 @@ impl Verifier {
         if token.len() > MAX_TOKEN_LEN {
             return Err("token too long");
         }
-        let mut expired = false;
+        use jsonwebtoken::errors::ErrorKind;
+        let mut why = "token invalid";
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => return Ok(data.claims),
-                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
-                    expired = true
-                }
-                Err(_) => {}
+                Err(e) => match e.kind() {
+                    ErrorKind::ExpiredSignature => why = "token expired",
+                    ErrorKind::ImmatureSignature => why = "token not yet valid",
+                    _ => {}
+                },
             }
         }
-        Err(if expired {
-            "token expired"
-        } else {
-            "token invalid"
-        })
+        Err(why)
     }
 }
 
@@ -105,5 +105,40 @@ impl Access {
                 format!("the token does not cover task {task}"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "unit-test-secret-0123456789";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn not_before_in_the_future_is_refused() {
+        let v = Verifier::new(&[SECRET.to_owned()]);
+        let t = now();
+        let later = token(serde_json::json!({"tasks": ["a"], "exp": t + 600, "nbf": t + 300}));
+        assert_eq!(v.verify(&later).err(), Some("token not yet valid"));
+        let valid = token(serde_json::json!({"tasks": ["a"], "exp": t + 600, "nbf": t - 10}));
+        assert_eq!(v.verify(&valid).map(|c| c.tasks), Ok(vec!["a".to_owned()]));
+        let expired = token(serde_json::json!({"tasks": ["a"], "exp": t - 600}));
+        assert_eq!(v.verify(&expired).err(), Some("token expired"));
     }
 }

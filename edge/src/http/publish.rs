@@ -170,11 +170,14 @@ fn parse_body(body: &[u8]) -> Result<PublishBody, ApiError> {
     })
 }
 
+/// Compares a given key with a configured one without leaking either's
+/// content or length through timing: both are hashed to 32 bytes (SHA-256)
+/// and the digests compared in constant time.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.as_slice().ct_eq(db.as_slice()).into()
 }
 
 /// Nesting depth of a JSON text (brackets outside strings), without parsing.
@@ -218,5 +221,7 @@ mod tests {
         assert!(constant_time_eq(b"key", b"key"));
         assert!(!constant_time_eq(b"key", b"kez"));
         assert!(!constant_time_eq(b"key", b"key2"));
+        assert!(!constant_time_eq(b"", b"key"));
+        assert!(constant_time_eq(b"", b""));
     }
 }
