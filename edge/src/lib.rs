@@ -24,7 +24,8 @@
 //! - [`store`]: the backend, memory and Redis (the Redis store holds the
 //!   live feed reader, `store::redis::feed`).
 //! - [`auth`] (subscriber tokens), [`limits`] (connection limit and rate),
-//!   [`error`] (JSON API errors), [`metrics`], [`config`].
+//!   [`error`] (JSON API errors), [`metrics`], [`config`], [`fdlimit`] (the
+//!   open-file limit, checked at start).
 //! - [`status`] (what the node is and holds), [`registry`] (node registry
 //!   and janitor, Redis only), [`cluster`] (the registry's view, shared with
 //!   the dashboard), [`dashboard`] (its stats stream), [`demo`] (the
@@ -39,6 +40,7 @@ pub mod config;
 pub mod dashboard;
 pub mod demo;
 pub mod error;
+pub mod fdlimit;
 pub mod http;
 pub mod hub;
 pub mod lifecycle;

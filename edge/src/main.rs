@@ -12,6 +12,13 @@ async fn main() -> std::process::ExitCode {
         eprintln!("sluice-edge: {e}");
         return std::process::ExitCode::from(2);
     }
+    match sluice_edge::fdlimit::ensure(config.max_connections) {
+        Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
+        Err(e) => {
+            eprintln!("sluice-edge: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
     tracing::info!(config = %config.redacted(), "starting");
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
