@@ -34,13 +34,13 @@ impl NodeStatus {
 
     /// Why the node is not ready (empty when it is): draining, at its
     /// connection limit, feed not attached, backend unreachable.
+    /// Why the node cannot serve requests at all (empty: ready). A node at
+    /// its connection limit is still ready: it serves publishes, snapshots
+    /// and history; only new streams are refused (see `/capacity`).
     pub async fn unready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
         if self.is_draining() {
             reasons.push("draining");
-        }
-        if self.limits.at_limit() {
-            reasons.push("at connection limit");
         }
         if !self.hub.is_live() {
             reasons.push("feed not attached");

@@ -23,7 +23,14 @@ async fn raw_sse(addr: std::net::SocketAddr, path: &str) -> TcpStream {
 #[tokio::test]
 async fn connection_limit_is_exact_and_guarded() {
     sluice_tests::init_logs();
-    let edge = spawn_edge(&["--insecure", "--max-connections", "3"]).await;
+    let edge = spawn_edge(&[
+        "--insecure",
+        "--max-connections",
+        "3",
+        "--publish-key",
+        "pk-limit-0123456789",
+    ])
+    .await;
     let task = unique_task("limit");
     let url = edge.url(&format!("/v1/tasks/{task}/events"));
     let mut open = Vec::new();
@@ -50,8 +57,31 @@ async fn connection_limit_is_exact_and_guarded() {
             .err(),
         Some(503)
     );
+    // A full node stays ready (it serves everything but new streams), and
+    // says it is full on /capacity.
     let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
-    assert_eq!(ready.status(), 503, "not ready at the limit");
+    assert_eq!(ready.status(), 200, "a full node is still ready");
+    let cap = reqwest::get(edge.url("/capacity")).await.expect("capacity");
+    assert_eq!(cap.status(), 503, "no capacity at the limit");
+    let cap: serde_json::Value = cap.json().await.expect("json");
+    assert_eq!(cap["reasons"], json!(["at connection limit"]), "{cap}");
+    let http = reqwest::Client::new();
+    let published = http
+        .post(edge.url(&format!("/v1/tasks/{task}/events")))
+        .bearer_auth("pk-limit-0123456789")
+        .json(&json!({"type": "progress", "data": {"pct": 1}}))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(published.status(), 201, "a full node takes publishes");
+    let snap = reqwest::get(edge.url(&format!("/v1/tasks/{task}")))
+        .await
+        .expect("snapshot");
+    assert_eq!(snap.status(), 200, "a full node serves snapshots");
+    let hist = reqwest::get(edge.url(&format!("/v1/tasks/{task}/history")))
+        .await
+        .expect("history");
+    assert_eq!(hist.status(), 200, "a full node serves history");
 
     drop(open.pop());
     let state = edge.state.clone();
@@ -69,8 +99,8 @@ async fn connection_limit_is_exact_and_guarded() {
         async move { st.limits.in_use() == 0 && st.metrics.open_connections() == 0 }
     })
     .await;
-    let ready = reqwest::get(edge.url("/readyz")).await.expect("readyz");
-    assert_eq!(ready.status(), 200);
+    let cap = reqwest::get(edge.url("/capacity")).await.expect("capacity");
+    assert_eq!(cap.status(), 200);
     let m = reqwest::get(edge.url("/metrics"))
         .await
         .expect("m")

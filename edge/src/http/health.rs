@@ -1,6 +1,13 @@
 //! `/healthz` (the process answers), `/readyz` (the backend is reachable,
-//! the feed is attached, the node is not draining and below its connection
-//! limit) and `/metrics`.
+//! the feed is attached and the node is not draining: it can serve
+//! requests), `/capacity` (ready *and* below its connection limit: it can
+//! take another stream) and `/metrics`.
+//!
+//! Readiness leaves connection capacity out on purpose: a load balancer
+//! removes a node that is not ready from every route, so if "full" made a
+//! node unready, a fleet whose every edge is full would stop serving
+//! publishes, snapshots and history too. Route streams on `/capacity` and
+//! everything else on `/readyz` (deploy/haproxy.cfg does).
 
 use std::sync::Arc;
 
@@ -19,6 +26,28 @@ pub async fn readyz(State(status): State<Arc<NodeStatus>>) -> Response {
     let reasons = status.unready_reasons().await;
     let body = serde_json::json!({
         "ready": reasons.is_empty(),
+        "node": status.node_id,
+        "reasons": reasons,
+        "connections": status.limits.in_use(),
+        "max_connections": status.limits.max(),
+    });
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+/// 200 when the node is ready and can take another stream; 503 with the
+/// reasons otherwise (`at connection limit` among them).
+pub async fn capacity(State(status): State<Arc<NodeStatus>>) -> Response {
+    let mut reasons = status.unready_reasons().await;
+    if status.limits.at_limit() {
+        reasons.push("at connection limit");
+    }
+    let body = serde_json::json!({
+        "available": reasons.is_empty(),
         "node": status.node_id,
         "reasons": reasons,
         "connections": status.limits.in_use(),

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{task}/history", get(tasks::history))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/capacity", get(health::capacity))
         .route("/metrics", get(health::metrics))
         .route("/", get(dashboard::page))
         .route("/v1/dashboard/events", get(dashboard::events))
