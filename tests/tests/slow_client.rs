@@ -150,7 +150,7 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
 /// (the same calls the edge makes).
 struct EventSize {
     /// `Event::sse` (`id: <seq>\nevent: progress\ndata: <envelope>\n\n`):
-    /// length, and the allocation `hub::sse_frame` makes for it
+    /// length, and the allocation `wire::sse_frame` makes for it
     /// (envelope + type + 40).
     sse: usize,
     sse_alloc: usize,
@@ -200,7 +200,7 @@ impl EventSize {
     /// Bytes per event of a history page while the page is read. Besides
     /// the encoded events (`held`), the page exists at once as: the Redis
     /// reply in the connection's read buffer, the `redis::Value` tree, the
-    /// field maps of `reader::parse_entries` and the decoded `StoredEvent`s
+    /// field maps of `resp::parse_entries` and the decoded `StoredEvent`s
     /// (`broker/src/reader.rs` `history`, then `Subscription::take_page`
     /// encodes them while the `StoredEvent`s are alive). Each copy is about
     /// the stored size. The allocator keeps what is freed in between, so

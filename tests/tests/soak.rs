@@ -9,15 +9,20 @@
 //! working size, then the measured fleet. A leak of memory, tasks or
 //! sockets per connection grows with the ~200 reconnects a second; nothing
 //! else should:
-//! - **Quiescent points.** When a fleet has finished, the edge holds no
-//!   client connection. Between the point after the warm-up and the point
-//!   after the measured fleet, not one file descriptor may be added (Redis
-//!   connections aside: the pools open them on demand, up to their sizes,
-//!   per node and not per client), no client socket may remain, and the
-//!   RSS may grow only by [`rss_allowance_kib`].
-//! - **Steady state.** During the measured fleet the client count is
-//!   constant, so the median RSS of the last third of the samples may
-//!   exceed that of the first third only by the same allowance.
+//! - **File descriptors, at quiescent points.** When a fleet has finished,
+//!   the edge must hold no client socket. From the point after the warm-up
+//!   to the point after the measured fleet not one file descriptor may be
+//!   added, Redis connections aside (the pools open them on demand, up to
+//!   their sizes: per node, not per client). Under churn the instantaneous
+//!   count says little (sockets in flight), at rest it is exact.
+//! - **RSS, in the steady state.** The client count is constant, so the
+//!   median RSS of the last third of the measured fleet's samples may
+//!   exceed that of its first third, and that of the warm-up fleet's last
+//!   third, only by [`rss_allowance_kib`]. (The RSS at rest is printed but
+//!   not compared: whether glibc can return the freed heap to the kernel
+//!   after a fleet depends on where the last live blocks sit; it came out
+//!   at 32 MiB after one fleet and 42–45 MiB after the next, with no
+//!   growth under load at all.)
 //!
 //! Bounded: `SLUICE_SOAK_SECS` (default 20) of measured load after a warm-up
 //! of at most [`WARM_UP_SECS`], then the final events.
@@ -37,10 +42,10 @@ use sluice_tests::chaos::{EdgeProcess, Fleet, FleetSpec, FleetVerdict, Producer,
 use sluice_tests::{unique_task, RedisFixture};
 
 const DEFAULT_SOAK_SECS: u64 = 20;
-/// The warm-up fleet's length. After one fleet of 15 s the RSS of the
-/// quiescent edge had reached its plateau: four more fleets on the same
-/// edge each left it within ±1.3 MiB of the first (measured under a load
-/// average of 15 on 2 cores).
+/// The warm-up fleet's length. After one fleet of 15–20 s the RSS of the
+/// edge under load had reached its plateau: the fleets that followed on
+/// the same edge ran within 2.3 MiB of it (five fleets of 15 s under a
+/// load average of 15 on 2 cores; five of 20 s under 3–5: within 1.1 MiB).
 const WARM_UP_SECS: u64 = 20;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const CLIENTS: usize = 200;
@@ -49,14 +54,15 @@ const CLIENTS: usize = 200;
 /// keeps freed memory in its per-thread arenas (2 runtime workers, the
 /// blocking pool) and trims only the top of each, so what stays resident
 /// after a burst depends on where the last live blocks happen to sit.
-/// Measured on a 2-core box under a load average of 6 to 19: the RSS of
-/// the quiescent edge moved by -2.0 to +2.1 MiB from one fleet to the
-/// next; the medians of the first and last thirds of a fleet by -2.2 to
-/// +0.8 MiB when the connection peak did not rise. 4 MiB is about twice
-/// that spread. In a 20 s fleet it is ~1 KiB per reconnect between the
-/// quiescent points (~4 000 reconnects) and ~1.5 KiB between the thirds'
-/// medians (~2 700): a task, a subscription or a socket buffer leaked per
-/// connection still shows, and a longer `SLUICE_SOAK_SECS` finds less.
+/// Measured on a 2-core box under a load average of 3 to 19, when the
+/// connection peak did not rise: the medians of the first and last thirds
+/// of a fleet differed by -2.6 to +0.8 MiB, the steady-state medians of
+/// consecutive fleets by up to 2.3 MiB. 4 MiB is 1.7 times the widest.
+/// In a 20 s fleet it is ~1 KiB per reconnect between the two fleets'
+/// last thirds (~4 000 reconnects apart) and ~1.5 KiB between the thirds
+/// of the measured fleet (~2 700): a task, a subscription or a socket
+/// buffer leaked per connection still shows, and a longer
+/// `SLUICE_SOAK_SECS` finds smaller leaks.
 const HEAP_NOISE_KIB: u64 = 4 * 1024;
 
 /// Memory a connection in flight holds however few events it carries:
@@ -311,40 +317,23 @@ async fn soak_rss_and_fds_stay_flat() {
     warm_up.verdict.assert_ok(false);
     let (q1_fds, q1_rss) = quiescent(&edge, redis.port, "after the warm-up fleet").await;
 
-    // DEMO B: memory that grows while the connection count does not.
-    let mut held = Vec::new();
-    for _ in 0..20 {
-        use tokio::io::AsyncWriteExt;
-        let mut s = tokio::net::TcpStream::connect(edge.addr).await.expect("c");
-        s.write_all(b"GET /v1/tasks/memhog-1/events HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("w");
-        held.push(s);
-    }
-    let hog = {
-        let p = sluice_broker::Publisher::connect(&url).await.expect("p");
-        tokio::spawn(async move {
-            let blob = "y".repeat(20_000);
-            for i in 0..400u64 {
-                let _ = p.publish("memhog-1", "x", &serde_json::json!({"i": i, "b": blob})).await;
-                tokio::time::sleep(Duration::from_millis(33)).await;
-            }
-        })
-    };
     let soak = run_fleet(&url, &edge, &fd_peak, secs).await;
-    hog.abort();
-    drop(held);
     let (q2_fds, q2_rss) = quiescent(&edge, redis.port, "after the measured fleet").await;
 
     let (rss_first, rss_last, _) = trend(&soak.rss, 0);
     let steady_allowance = rss_allowance_kib(soak.fd_peak_first_third, soak.fd_peak);
     let (_, _, steady_grew) = trend(&soak.rss, steady_allowance);
-    let quiescent_allowance = rss_allowance_kib(warm_up.fd_peak, soak.fd_peak);
+    // The warm-up fleet's last third against the measured fleet's.
+    let (_, warm_last, _) = trend(&warm_up.rss, 0);
+    let across_allowance = rss_allowance_kib(warm_up.fd_peak, soak.fd_peak);
     let mib = |kib: u64| kib as f64 / 1024.0;
     let growth = |from: u64, to: u64| (to as f64 - from as f64) / 1024.0;
     eprintln!(
         "SOAK {secs}s after a {}s warm-up: clients={CLIENTS} connects={}+{}\n\
          SOAK quiescent: idle rss={idle_rss} KiB {idle_fds:?} | after warm-up \
          rss={q1_rss} KiB {q1_fds:?} | after soak rss={q2_rss} KiB {q2_fds:?}\n\
-         SOAK quiescent RSS growth {:+.2} MiB (allowed {:.2} MiB: fd peaks \
+         SOAK across fleets: RSS last-third median warm-up {warm_last} KiB, \
+         soak {rss_last} KiB, growth {:+.2} MiB (allowed {:.2} MiB: fd peaks \
          warm-up {} soak {})\n\
          SOAK steady state ({} samples): RSS first-third median {rss_first} KiB, \
          last-third median {rss_last} KiB, growth {:+.2} MiB (allowed {:.2} MiB: \
@@ -352,8 +341,8 @@ async fn soak_rss_and_fds_stay_flat() {
         secs.min(WARM_UP_SECS),
         warm_up.connects,
         soak.connects,
-        growth(q1_rss, q2_rss),
-        mib(quiescent_allowance),
+        growth(warm_last, rss_last),
+        mib(across_allowance),
         warm_up.fd_peak,
         soak.fd_peak,
         soak.rss.len(),
@@ -365,10 +354,8 @@ async fn soak_rss_and_fds_stay_flat() {
     );
     soak.verdict.assert_ok(false);
 
-    assert_eq!(
-        q2_fds.clients, 0,
-        "client sockets outlived their connections"
-    );
+    // `quiescent` has already failed if a client socket outlived its
+    // connection by 15 s.
     assert_eq!(
         q2_fds.clients + q2_fds.other,
         q1_fds.clients + q1_fds.other,
@@ -386,9 +373,9 @@ async fn soak_rss_and_fds_stay_flat() {
         q2_fds.redis
     );
     assert!(
-        q2_rss <= q1_rss + quiescent_allowance,
-        "quiescent edge RSS grew from {q1_rss} KiB to {q2_rss} KiB over {} connects \
-         (allowed {quiescent_allowance} KiB)",
+        rss_last <= warm_last + across_allowance,
+        "edge RSS grew from the warm-up fleet to the measured fleet: {warm_last} KiB -> \
+         {rss_last} KiB over {} connects (allowed {across_allowance} KiB)",
         soak.connects
     );
     assert!(
