@@ -59,7 +59,10 @@ mod tests {
         assert!(check(10_000, 20_000).is_ok());
         assert!(check(1_000, 1_000 + RESERVED_FDS).is_ok());
         let e = check(1_000, 1_024).expect_err("does not fit");
-        assert!(e.contains("--max-connections 1000") && e.contains("1024"), "{e}");
+        assert!(
+            e.contains("--max-connections 1000") && e.contains("1024"),
+            "{e}"
+        );
     }
 
     #[test]
