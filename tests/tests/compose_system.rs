@@ -194,7 +194,9 @@ fn require_images() {
     }
 }
 
-/// HAProxy's view of the edges (`/stats;csv`): server name -> status.
+/// HAProxy's view of the edges (`/stats;csv`): server name -> status in
+/// the `edges` backend (requests), `streams/<name>` -> status in the
+/// `streams` backend (new streams, checked on `/capacity`).
 async fn lb_status(http: &reqwest::Client, stats: &str) -> HashMap<String, String> {
     let Ok(resp) = http.get(format!("http://{stats}/stats;csv")).send().await else {
         return HashMap::new();
@@ -213,19 +215,24 @@ async fn lb_status(http: &reqwest::Client, stats: &str) -> HashMap<String, Strin
     };
     lines
         .map(|l| l.split(',').collect::<Vec<_>>())
-        .filter(|f| f.get(px) == Some(&"edges") && f.len() > st)
-        .map(|f| (f[sv].to_owned(), f[st].to_owned()))
+        .filter(|f| f.len() > st && f.len() > sv)
+        .filter_map(|f| match f[px] {
+            "edges" => Some((f[sv].to_owned(), f[st].to_owned())),
+            "streams" => Some((format!("streams/{}", f[sv]), f[st].to_owned())),
+            _ => None,
+        })
         .collect()
 }
 
-/// Waits until HAProxy reports every edge UP.
+/// Waits until HAProxy reports every edge UP in both backends.
 async fn wait_all_up(http: &reqwest::Client, stats: &str, deadline: Duration) {
     let end = Instant::now() + deadline;
     loop {
         let s = lb_status(http, stats).await;
+        let up = |k: &str| s.get(k).map(String::as_str) == Some("UP");
         if EDGES
             .iter()
-            .all(|e| s.get(*e).map(String::as_str) == Some("UP"))
+            .all(|e| up(e) && up(&format!("streams/{e}")))
         {
             return;
         }
