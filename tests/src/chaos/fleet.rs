@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -20,7 +19,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::producer::mark_of;
-use crate::DeliveryLog;
+use crate::sse::SseDecoder;
+use crate::{DeliveryLog, SseFrame};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -279,7 +279,7 @@ impl Client {
         let lifetime = lifetime(self.spec.churn);
         tokio::pin!(lifetime);
         let mut body = resp.bytes_stream();
-        let mut buf = BytesMut::new();
+        let mut sse = SseDecoder::default();
         loop {
             // Cancel-safe: `changed`, `sleep` and `next` on a body stream.
             let chunk = tokio::select! {
@@ -289,12 +289,11 @@ impl Client {
                 c = tokio::time::timeout(self.spec.idle_timeout, body.next()) => c,
             };
             match chunk {
-                Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+                Ok(Some(Ok(b))) if sse.feed(&b) => {}
                 _ => return Outcome::Ended,
             }
-            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-                let raw = buf.split_to(pos + 2);
-                if let Some(f) = parse_sse(&raw[..pos]) {
+            while let Some(frame) = sse.next_frame() {
+                if let Some(f) = Frame::of(&frame) {
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
                     if f.reset {
                         r.log.marked_reset(f.seq, f.mark);
@@ -379,33 +378,24 @@ struct Frame {
     mark: Option<u64>,
 }
 
-/// The frame of an SSE block carrying data; `None` for heartbeats and
-/// `retry:`-only blocks.
-fn parse_sse(raw: &[u8]) -> Option<Frame> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let (mut id, mut event, mut data) = (None, None, None);
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = v.parse::<u64>().ok();
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event = Some(v);
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data = Some(v);
-        }
+impl Frame {
+    /// What a client takes from an SSE frame carrying data; `None` for
+    /// heartbeats and `retry:`-only frames.
+    fn of(f: &SseFrame) -> Option<Frame> {
+        let data: serde_json::Value = serde_json::from_str(f.data.as_deref()?).ok()?;
+        let reset = f.event.as_deref() == Some("sluice.reset");
+        let (is_final, mark) = if reset {
+            (false, mark_of(&data["latest"]["data"]))
+        } else {
+            (data["final"] == true, mark_of(&data["data"]))
+        };
+        Some(Frame {
+            seq: f.seq()?,
+            reset,
+            is_final,
+            mark,
+        })
     }
-    let data: serde_json::Value = serde_json::from_str(data?).ok()?;
-    let reset = event == Some("sluice.reset");
-    let (is_final, mark) = if reset {
-        (false, mark_of(&data["latest"]["data"]))
-    } else {
-        (data["final"] == true, mark_of(&data["data"]))
-    };
-    Some(Frame {
-        seq: id?,
-        reset,
-        is_final,
-        mark,
-    })
 }
 
 /// Sleeps for one stream's churn lifetime (forever without churn).
@@ -430,7 +420,15 @@ fn rand_ms(max: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_sse, Frame};
+    use super::Frame;
+    use crate::sse::SseDecoder;
+
+    /// One SSE block (without its blank line) through the harness's parser.
+    fn parse_sse(raw: &[u8]) -> Option<Frame> {
+        let mut d = SseDecoder::default();
+        assert!(d.feed(raw) && d.feed(b"\n\n"));
+        Frame::of(&d.next_frame().expect("one frame"))
+    }
 
     fn frame(seq: u64, reset: bool, is_final: bool, mark: Option<u64>) -> Option<Frame> {
         Some(Frame {
