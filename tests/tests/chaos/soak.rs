@@ -9,8 +9,8 @@
 //! Bounded: `SLUICE_SOAK_SECS` (default 20) of load, then the final events.
 //!
 //! ```sh
-//! cargo test -p sluice-tests --test soak -- --nocapture
-//! SLUICE_SOAK_SECS=600 cargo test -p sluice-tests --test soak -- --nocapture
+//! cargo test -p sluice-tests --test chaos -- --nocapture soak::
+//! SLUICE_SOAK_SECS=600 cargo test -p sluice-tests --test chaos -- --nocapture soak::
 //! ```
 
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ fn trend(samples: &[u64], (ratio, slack): (f64, u64)) -> (u64, u64, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_rss_and_fds_stay_flat() {
     sluice_tests::init_logs();
+    let _one = sluice_tests::chaos::exclusive().await;
     let secs: u64 = std::env::var("SLUICE_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::Publisher;
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, WsClient, WsItem};
+use sluice_tests::{unique_task, DeliveryLog, TestEdge, WsClient, WsItem};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -15,9 +15,8 @@ fn ws_url(edge: &sluice_tests::EdgeHandle, path: &str) -> String {
 #[tokio::test]
 async fn websocket_snapshot_live_resume_and_end() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let a = spawn_edge(&["--redis-url", &redis.url(), "--insecure", "--node-id", "wa"]).await;
-    let b = spawn_edge(&["--redis-url", &redis.url(), "--insecure", "--node-id", "wb"]).await;
+    let (redis, a) = TestEdge::redis().node("wa").start().await;
+    let b = TestEdge::on(&redis.url()).node("wb").start().await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
     let task = unique_task("ws");
     for i in 1..=3 {
@@ -107,7 +106,10 @@ async fn websocket_snapshot_live_resume_and_end() {
 #[tokio::test]
 async fn websocket_peer_that_misses_pongs_is_closed() {
     sluice_tests::init_logs();
-    let edge = spawn_edge(&["--insecure", "--heartbeat-secs", "1"]).await;
+    let edge = TestEdge::memory()
+        .args(&["--heartbeat-secs", "1"])
+        .start()
+        .await;
     let task = unique_task("ws-dead");
     // A raw client: handshake, then never read or answer again.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use sluice_tests::sse::RawSse;
+use sluice_tests::{unique_task, DeliveryLog, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -22,47 +21,18 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Opens an SSE request on a raw socket and returns it without reading.
-async fn raw_sse(addr: std::net::SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    s
-}
-
-/// Reads SSE frames from a raw HTTP/1.1 chunked response, collecting event
-/// ids until `until` is seen.
-async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
-    let mut buf = Vec::with_capacity(1 << 20);
-    let mut chunk = vec![0u8; 256 * 1024];
-    let mut scanned = 0;
+/// Reads the stalled client's stream until seq `until`, logging every
+/// event.
+async fn read_raw_ids(s: &mut RawSse, until: u64, log: &mut DeliveryLog) {
     loop {
-        let n = tokio::time::timeout(T, s.read(&mut chunk))
+        let f = s
+            .next_event(T)
             .await
-            .expect("read within timeout")
-            .expect("read");
-        assert!(n > 0, "stream ended before seq {until}");
-        buf.extend_from_slice(&chunk[..n]);
-        // Find "\nid: N\n" lines (chunk framing never splits our lines in a
-        // way that matters: we only scan complete lines).
-        while let Some(pos) = buf[scanned..].iter().position(|b| *b == b'\n') {
-            let line = &buf[scanned..scanned + pos];
-            scanned += pos + 1;
-            if let Some(rest) = line.strip_prefix(b"id: ") {
-                let seq: u64 = std::str::from_utf8(rest)
-                    .expect("ascii")
-                    .trim()
-                    .parse()
-                    .expect("seq");
-                log.event(seq);
-                if seq == until {
-                    return;
-                }
-            }
-        }
-        if scanned > (1 << 20) {
-            buf.drain(..scanned);
-            scanned = 0;
+            .unwrap_or_else(|| panic!("stream ended before seq {until}"));
+        let seq = f.seq().expect("id");
+        log.event(seq);
+        if seq == until {
+            return;
         }
     }
 }
@@ -73,15 +43,10 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_catches_up_exactly_with_bounded_memory() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--queue-capacity",
-        "256",
-    ])
-    .await;
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--queue-capacity", "256"])
+        .start()
+        .await;
     // The log must hold all 20 000 events, or catching up ends in a reset.
     let config = PublisherConfig {
         log_cap: 50_000,
@@ -99,7 +64,8 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
     p.publish(&task, "progress", &json!({"i": 0, "blob": blob}))
         .await
         .expect("first");
-    let mut stalled = raw_sse(edge.addr, &format!("/v1/tasks/{task}/events?after=0")).await;
+    // A raw socket: the request is sent, nothing is read until later.
+    let mut stalled = RawSse::request(edge.addr, &format!("/v1/tasks/{task}/events?after=0")).await;
     let mut normal =
         SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=0")), None).await;
     assert_eq!(normal.next_event(T).await.expect("first").seq(), Some(1));

@@ -446,6 +446,7 @@ async fn collect(clients: Vec<tokio::task::JoinHandle<Report>>, last: u64) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_stack_survives_kill_and_rolling_restart() {
     sluice_tests::init_logs();
+    let _one = sluice_tests::chaos::exclusive().await;
     let t0 = Instant::now();
     let cmd = compose_cmd();
     require_images();
