@@ -1,25 +1,27 @@
 //! One conformance suite for the `Store` contract (tests/src/conformance.rs),
-//! run against the memory store and against Redis (testcontainers).
+//! one test per clause, run against the memory store and against Redis
+//! (testcontainers); the Redis Cluster run is in `chaos/cluster.rs`.
 
 use std::sync::Arc;
 
 use sluice_edge::store::memory::MemoryStore;
 use sluice_edge::store::redis::RedisStore;
-use sluice_tests::conformance::{config, conformance};
+use sluice_edge::store::Store;
+use sluice_tests::conformance::config;
 use sluice_tests::RedisFixture;
 
-#[tokio::test]
-async fn memory_store_conforms() {
-    sluice_tests::init_logs();
-    conformance(Arc::new(MemoryStore::new(config()))).await;
+async fn memory_store() -> (Arc<dyn Store>, ()) {
+    (Arc::new(MemoryStore::new(config())), ())
 }
 
-#[tokio::test]
-async fn redis_store_conforms() {
-    sluice_tests::init_logs();
+/// A Redis container per clause, kept alive for the test.
+async fn redis_store() -> (Arc<dyn Store>, RedisFixture) {
     let redis = RedisFixture::start().await;
     let store = RedisStore::connect(&redis.url(), "conformance", config())
         .await
         .expect("connect");
-    conformance(Arc::new(store)).await;
+    (Arc::new(store), redis)
 }
+
+sluice_tests::store_conformance!(memory, super::memory_store);
+sluice_tests::store_conformance!(redis, super::redis_store);
