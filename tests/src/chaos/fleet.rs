@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::producer::mark_of;
-use crate::sse::SseDecoder;
-use crate::{DeliveryLog, SseFrame};
+use crate::sse::{SseLine, SseLines};
+use crate::DeliveryLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -279,7 +279,7 @@ impl Client {
         let lifetime = lifetime(self.spec.churn);
         tokio::pin!(lifetime);
         let mut body = resp.bytes_stream();
-        let mut sse = SseDecoder::default();
+        let mut sse = FrameReader::default();
         loop {
             // Cancel-safe: `changed`, `sleep` and `next` on a body stream.
             let chunk = tokio::select! {
@@ -292,16 +292,14 @@ impl Client {
                 Ok(Some(Ok(b))) if sse.feed(&b) => {}
                 _ => return Outcome::Ended,
             }
-            while let Some(frame) = sse.next_frame() {
-                if let Some(f) = Frame::of(&frame) {
-                    self.counters.received.fetch_add(1, Ordering::Relaxed);
-                    if f.reset {
-                        r.log.marked_reset(f.seq, f.mark);
-                    } else {
-                        r.log.marked_event(f.seq, f.mark);
-                        if f.is_final {
-                            return Outcome::Finished;
-                        }
+            while let Some(f) = sse.frames.pop_front() {
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                if f.reset {
+                    r.log.marked_reset(f.seq, f.mark);
+                } else {
+                    r.log.marked_event(f.seq, f.mark);
+                    if f.is_final {
+                        return Outcome::Finished;
                     }
                 }
             }
@@ -378,22 +376,56 @@ struct Frame {
     mark: Option<u64>,
 }
 
-impl Frame {
-    /// What a client takes from an SSE frame carrying data; `None` for
-    /// heartbeats and `retry:`-only frames.
-    fn of(f: &SseFrame) -> Option<Frame> {
-        let data: serde_json::Value = serde_json::from_str(f.data.as_deref()?).ok()?;
-        let reset = f.event.as_deref() == Some("sluice.reset");
-        let (is_final, mark) = if reset {
-            (false, mark_of(&data["latest"]["data"]))
-        } else {
-            (data["final"] == true, mark_of(&data["data"]))
-        };
-        Some(Frame {
-            seq: f.seq()?,
+/// Frames from an SSE body fed in pieces, read with the harness's line
+/// parser ([`SseLines`]): the `data:` JSON is parsed where it lies in the
+/// input, nothing else is copied (thousands of clients share the cores with
+/// the edges under test).
+#[derive(Default)]
+struct FrameReader {
+    lines: SseLines,
+    seq: Option<u64>,
+    reset: bool,
+    data: Option<serde_json::Value>,
+    frames: std::collections::VecDeque<Frame>,
+}
+
+impl FrameReader {
+    /// False when a line grew past [`crate::sse::MAX_LINE`].
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let Self {
+            lines,
+            seq,
             reset,
-            is_final,
-            mark,
+            data,
+            frames,
+        } = self;
+        lines.feed(bytes, |line| match line {
+            // A frame carrying data; heartbeats and `retry:`-only frames
+            // have none.
+            SseLine::End => {
+                let reset = std::mem::take(reset);
+                if let (Some(seq), Some(data)) = (seq.take(), data.take()) {
+                    let (is_final, mark) = if reset {
+                        (false, mark_of(&data["latest"]["data"]))
+                    } else {
+                        (data["final"] == true, mark_of(&data["data"]))
+                    };
+                    frames.push_back(Frame {
+                        seq,
+                        reset,
+                        is_final,
+                        mark,
+                    });
+                }
+                *seq = None;
+                *data = None;
+            }
+            SseLine::Field(b"id", v) => {
+                *seq = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+            }
+            SseLine::Field(b"event", v) => *reset = v == b"sluice.reset",
+            SseLine::Field(b"data", v) => *data = serde_json::from_slice(v).ok(),
+            SseLine::Field(..) | SseLine::Comment(_) => {}
         })
     }
 }
@@ -420,14 +452,15 @@ fn rand_ms(max: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::Frame;
-    use crate::sse::SseDecoder;
+    use super::{Frame, FrameReader};
 
-    /// One SSE block (without its blank line) through the harness's parser.
+    /// One SSE block (without its blank line) through the fleet's reader.
     fn parse_sse(raw: &[u8]) -> Option<Frame> {
-        let mut d = SseDecoder::default();
-        assert!(d.feed(raw) && d.feed(b"\n\n"));
-        Frame::of(&d.next_frame().expect("one frame"))
+        let mut r = FrameReader::default();
+        assert!(r.feed(raw) && r.feed(b"\n\n"));
+        let f = r.frames.pop_front();
+        assert!(r.frames.is_empty());
+        f
     }
 
     fn frame(seq: u64, reset: bool, is_final: bool, mark: Option<u64>) -> Option<Frame> {
