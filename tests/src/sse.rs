@@ -3,10 +3,11 @@
 //! - [`SseLines`]: splits bytes, arriving in pieces of any size, into lines
 //!   and classifies each ([`SseLine`]: a field, a comment, or the blank line
 //!   that ends a frame), borrowing from the input: nothing is allocated per
-//!   line. The load generator (`load/conn.rs`) reads its streams with it
-//!   directly.
-//! - [`SseDecoder`]: whole frames ([`SseFrame`]) from those lines (the chaos
-//!   fleet, [`SseClient`], [`RawSse`]).
+//!   line. The load generator (`load/conn.rs`) and the chaos fleet
+//!   (`chaos/fleet.rs`), whose clients share the cores with the edges under
+//!   test, read their streams with it directly.
+//! - [`SseDecoder`]: whole frames ([`SseFrame`]) from those lines
+//!   ([`SseClient`], [`RawSse`]).
 //! - [`ResponseHead`] and [`ChunkedBody`]: just enough HTTP/1.1 for clients
 //!   on a raw socket (the load generator, [`RawSse`]).
 //! - [`SseClient`]: an SSE stream over reqwest, frame by frame, with
