@@ -24,6 +24,23 @@ fn image_name() -> (String, String) {
     }
 }
 
+/// Removes the container a failed start left created (Docker names it in
+/// the error: `... on endpoint <name> (<id>) ...`). Best effort.
+fn remove_unstarted(error: &str) {
+    let Some(name) = error
+        .split("on endpoint ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+    else {
+        return;
+    };
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 impl RedisFixture {
     /// Starts a fresh Redis. Extra server arguments (e.g. `--appendonly yes`)
     /// replace the image's default command.
@@ -41,19 +58,31 @@ impl RedisFixture {
             cmd.extend(args.iter().map(|s| s.to_string()));
         }
         let _ = &mut image;
-        let req = image.with_cmd(cmd);
-        let container = match req.start().await {
-            Ok(c) => c,
-            Err(e) => {
-                let text = e.to_string();
-                if text.contains("pull") {
-                    panic!(
-                        "Redis test image {name}:{tag} is missing and cannot be pulled: \
-                         build it with deploy/images/redis.sh (tests/run.sh does) or set \
-                         SLUICE_TEST_REDIS_IMAGE=redis:7 where a registry is reachable. ({text})"
-                    );
+        let mut attempt = 1;
+        let container = loop {
+            match image.clone().with_cmd(cmd.clone()).start().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("pull") {
+                        panic!(
+                            "Redis test image {name}:{tag} is missing and cannot be pulled: \
+                             build it with deploy/images/redis.sh (tests/run.sh does) or set \
+                             SLUICE_TEST_REDIS_IMAGE=redis:7 where a registry is reachable. ({text})"
+                        );
+                    }
+                    // Docker picks a free host port, then binds it: a socket
+                    // of this machine (a test's client or server) may take it
+                    // in between. A lost race, not a failure: retry.
+                    if attempt < 5 && text.contains("address already in use") {
+                        eprintln!("Redis container lost a port race (attempt {attempt}): {text}");
+                        remove_unstarted(&text);
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    panic!("cannot start Redis container: {text}");
                 }
-                panic!("cannot start Redis container: {text}");
             }
         };
         let port = container
