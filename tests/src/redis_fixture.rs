@@ -60,7 +60,19 @@ impl RedisFixture {
         let _ = &mut image;
         let mut attempt = 1;
         let container = loop {
-            match image.clone().with_cmd(cmd.clone()).start().await {
+            // The host port is chosen here, by the kernel, as a port free for
+            // listening on every address: Docker's own choice walks its range
+            // in order and runs into ports that this machine's client sockets
+            // hold (tests open thousands of loopback connections).
+            let host_port = std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let req = image
+                .clone()
+                .with_mapped_port(host_port, 6379.tcp())
+                .with_cmd(cmd.clone());
+            match req.start().await {
                 Ok(c) => break c,
                 Err(e) => {
                     let text = e.to_string();
@@ -71,14 +83,14 @@ impl RedisFixture {
                              SLUICE_TEST_REDIS_IMAGE=redis:7 where a registry is reachable. ({text})"
                         );
                     }
-                    // Docker picks a free host port, then binds it: a socket
-                    // of this machine (a test's client or server) may take it
-                    // in between. A lost race, not a failure: retry.
-                    if attempt < 5 && text.contains("address already in use") {
+                    // Another socket took the port before Docker bound it: a
+                    // lost race, not a failure. Retry on another port.
+                    let lost_race = text.contains("address already in use")
+                        || text.contains("port is already allocated");
+                    remove_unstarted(&text);
+                    if attempt < 10 && lost_race {
                         eprintln!("Redis container lost a port race (attempt {attempt}): {text}");
-                        remove_unstarted(&text);
                         attempt += 1;
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
                     panic!("cannot start Redis container: {text}");
