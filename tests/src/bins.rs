@@ -54,6 +54,24 @@ fn build() -> Result<PathBuf, String> {
         .parent()
         .ok_or("no workspace dir")?;
     let mut cmd = std::process::Command::new(cargo);
+    // Not the variables cargo set for this test process: build scripts
+    // watch some of them (ring reruns on `CARGO_MANIFEST_DIR` and
+    // `CARGO_PKG_*`), and a nested build that sees them rebuilds ring,
+    // rustls, redis and the workspace, and the next outer build rebuilds
+    // them back (tens of seconds each way).
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
     cmd.current_dir(workspace)
         .args([
             "build",
