@@ -4,7 +4,7 @@
 //!
 //! RESP2 arrays and RESP3 maps are read alike. Every parser is total: any
 //! value tree is parsed or refused, never panicked on
-//! (`tests/tests/fuzz_inputs.rs` feeds them arbitrary trees).
+//! (`tests/tests/it/fuzz_inputs.rs` feeds them arbitrary trees).
 
 use std::collections::HashMap;
 

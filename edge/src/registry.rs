@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_broker::connect;
-use sluice_broker::error::ErrorClass;
 use sluice_broker::connect::RedisPool as Pool;
+use sluice_broker::error::ErrorClass;
 use sluice_broker::nodes::{self, ClusterStatus, NodeInfo};
 use sluice_shared::keys;
 use tokio_util::sync::CancellationToken;

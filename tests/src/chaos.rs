@@ -1,5 +1,6 @@
 //! Fault-injection harness: the pieces the chaos and soak scenarios
-//! (`tests/tests/chaos.rs`, `tests/tests/soak.rs`) are built from.
+//! (`tests/tests/chaos/faults.rs`, `tests/tests/chaos/soak.rs`) are built
+//! from.
 //!
 //! - [`redis`]: a Redis container on a fixed loopback port that can be
 //!   restarted, paused and resumed (`docker restart` / `pause` / `unpause`).
@@ -28,17 +29,9 @@ pub use proxy::PausableProxy;
 pub use redis::ChaosRedis;
 pub use report::FleetVerdict;
 
-/// A loopback TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Serialises the heavy scenarios of one test binary: each drives hundreds
-/// of connections on a 2-core box, and overlapping them would only measure
-/// the scheduler.
+/// Serialises the heavy scenarios of one test binary (a lock of this
+/// process): each drives hundreds of connections, a cluster or a browser on
+/// a 2-core box, and overlapping them would only measure the scheduler.
 pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))

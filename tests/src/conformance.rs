@@ -1,5 +1,10 @@
-//! The `Store` contract as one suite, run against every implementation
+//! The `Store` contract, clause by clause, run against every implementation
 //! (memory, Redis, Redis Cluster) by the integration tests.
+//!
+//! Each clause is an `async fn(Arc<dyn Store>)` on a task of its own, and
+//! [`store_conformance!`](crate::store_conformance) makes one `#[tokio::test]`
+//! per clause for a backend, so a failure names the clause and the backend
+//! (`store_conformance::redis::final_closes_the_task`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +17,43 @@ use sluice_shared::{StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
 
 use crate::{unique_task, wait_until};
+
+/// One `#[tokio::test]` per clause of the `Store` contract, in a module
+/// named after the backend. `$setup` is an async fn (a path, resolved from
+/// inside that module: `super::...`) returning the store and whatever must
+/// outlive the test (a container, a cluster, a lock).
+///
+/// ```ignore
+/// sluice_tests::store_conformance!(memory, super::memory_store);
+/// ```
+#[macro_export]
+macro_rules! store_conformance {
+    ($backend:ident, $setup:path) => {
+        $crate::store_conformance!(@clauses $backend, $setup,
+            unknown_task_has_no_snapshot_and_no_history,
+            seqs_start_at_one_without_gaps,
+            idempotent_retry_returns_the_first_seq,
+            snapshot_shows_the_latest_event,
+            history_pages_after_a_seq,
+            bad_input_is_refused_and_stores_nothing,
+            final_event_closes_the_task,
+            log_is_trimmed_to_its_cap_and_stays_contiguous,
+            feed_delivers_every_event_once_in_order,
+        );
+    };
+    (@clauses $backend:ident, $setup:path, $($clause:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test]
+                async fn $clause() {
+                    $crate::init_logs();
+                    let (store, _keep) = $setup().await;
+                    $crate::conformance::$clause(store).await;
+                }
+            )+
+        }
+    };
+}
 
 #[derive(Default)]
 pub struct Collect {
@@ -46,64 +88,101 @@ fn opts(is_final: bool, key: Option<&str>) -> PublishOptions {
     }
 }
 
-pub async fn conformance(store: Arc<dyn Store>) {
-    let sink = Arc::new(Collect::default());
-    let cancel = CancellationToken::new();
-    let feed = {
-        let store = store.clone();
-        let sink: Arc<dyn FeedSink> = sink.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move { store.run_feed(sink, cancel).await })
-    };
-    wait_until("feed live", Duration::from_secs(10), || {
-        let s = sink.clone();
-        async move { s.live.load(std::sync::atomic::Ordering::SeqCst) }
-    })
-    .await;
+fn new_task(prefix: &str) -> TaskId {
+    TaskId::parse(&unique_task(prefix)).expect("task")
+}
 
-    let task = TaskId::parse(&unique_task("conf")).expect("task");
+/// Seqs 1, 2, 3 with no gaps.
+async fn publish_three(store: &dyn Store, task: &TaskId) {
+    for i in 1..=3u64 {
+        let p = store
+            .publish(task, "progress", &json!({"i": i}), &opts(false, None))
+            .await
+            .expect("publish");
+        assert_eq!(p.seq, i);
+        assert!(!p.duplicate);
+    }
+}
 
-    // Unknown task.
+/// Seq 4 with the idempotency key `k4`, then its retry: the retry returns
+/// the first seq and appends nothing.
+async fn publish_keyed_twice(store: &dyn Store, task: &TaskId) {
+    let a = store
+        .publish(task, "progress", &json!({"i": 4}), &opts(false, Some("k4")))
+        .await
+        .expect("publish");
+    let b = store
+        .publish(task, "progress", &json!({"i": 4}), &opts(false, Some("k4")))
+        .await
+        .expect("retry");
+    assert_eq!((a.seq, a.duplicate), (4, false));
+    assert_eq!((b.seq, b.duplicate), (4, true));
+}
+
+/// Seqs 1 to 4 as [`publish_three`] and [`publish_keyed_twice`] write them.
+async fn publish_four(store: &dyn Store, task: &TaskId) {
+    publish_three(store, task).await;
+    publish_keyed_twice(store, task).await;
+}
+
+/// The final event (seq 5, key `fin`) after [`publish_four`]; later
+/// publishes are refused, but a retry of the final publish with its key
+/// answers its seq.
+async fn publish_final(store: &dyn Store, task: &TaskId) {
+    let f = store
+        .publish(task, "done", &json!({"ok": true}), &opts(true, Some("fin")))
+        .await
+        .expect("final");
+    assert_eq!(f.seq, 5);
+    let r = store
+        .publish(task, "late", &json!(1), &opts(false, None))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::Publish(PublishError::Closed(_)))),
+        "{r:?}"
+    );
+    let again = store
+        .publish(task, "done", &json!({"ok": true}), &opts(true, Some("fin")))
+        .await
+        .expect("retried final");
+    assert_eq!((again.seq, again.duplicate), (5, true));
+}
+
+/// 400 events on a task of its own (prefix `conf-long`).
+async fn publish_long(store: &dyn Store) -> TaskId {
+    let long = new_task("conf-long");
+    for _ in 0..400 {
+        store
+            .publish(&long, "p", &json!(0), &opts(false, None))
+            .await
+            .expect("publish");
+    }
+    long
+}
+
+pub async fn unknown_task_has_no_snapshot_and_no_history(store: Arc<dyn Store>) {
+    let task = new_task("conf");
     assert!(store.snapshot(&task).await.expect("snapshot").is_none());
     assert!(store
         .history(&task, 0, 10)
         .await
         .expect("history")
         .is_empty());
+}
 
-    // Seqs 1, 2, 3 with no gaps.
-    for i in 1..=3u64 {
-        let p = store
-            .publish(&task, "progress", &json!({"i": i}), &opts(false, None))
-            .await
-            .expect("publish");
-        assert_eq!(p.seq, i);
-        assert!(!p.duplicate);
-    }
+pub async fn seqs_start_at_one_without_gaps(store: Arc<dyn Store>) {
+    publish_three(&*store, &new_task("conf")).await;
+}
 
-    // Idempotency: a retry returns the first seq and appends nothing.
-    let a = store
-        .publish(
-            &task,
-            "progress",
-            &json!({"i": 4}),
-            &opts(false, Some("k4")),
-        )
-        .await
-        .expect("publish");
-    let b = store
-        .publish(
-            &task,
-            "progress",
-            &json!({"i": 4}),
-            &opts(false, Some("k4")),
-        )
-        .await
-        .expect("retry");
-    assert_eq!((a.seq, a.duplicate), (4, false));
-    assert_eq!((b.seq, b.duplicate), (4, true));
+pub async fn idempotent_retry_returns_the_first_seq(store: Arc<dyn Store>) {
+    let task = new_task("conf");
+    publish_three(&*store, &task).await;
+    publish_keyed_twice(&*store, &task).await;
+}
 
-    // Snapshot.
+pub async fn snapshot_shows_the_latest_event(store: Arc<dyn Store>) {
+    let task = new_task("conf");
+    publish_four(&*store, &task).await;
     let s = store
         .snapshot(&task)
         .await
@@ -113,16 +192,22 @@ pub async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(s.state, TaskState::Open);
     assert_eq!(s.latest.data, json!({"i": 4}));
     assert_eq!(s.latest.seq, 4);
+}
 
-    // History pages.
+pub async fn history_pages_after_a_seq(store: Arc<dyn Store>) {
+    let task = new_task("conf");
+    publish_four(&*store, &task).await;
     let h = store.history(&task, 1, 2).await.expect("history");
     assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
     let h = store.history(&task, 4, 10).await.expect("history");
     assert!(h.is_empty());
     let h = store.history(&task, u64::MAX, 10).await.expect("history");
     assert!(h.is_empty());
+}
 
-    // Bad input is refused and stores nothing.
+pub async fn bad_input_is_refused_and_stores_nothing(store: Arc<dyn Store>) {
+    let task = new_task("conf");
+    publish_four(&*store, &task).await;
     for kind in ["", "sluice.reset", "has space", &"x".repeat(65)] {
         let r = store
             .publish(&task, kind, &json!(null), &opts(false, None))
@@ -139,49 +224,21 @@ pub async fn conformance(store: Arc<dyn Store>) {
         "{r:?}"
     );
     assert_eq!(store.snapshot(&task).await.expect("s").expect("s").seq, 4);
+}
 
-    // Final closes the task; later publishes are refused, but a retry of
-    // the final publish with its key answers its seq.
-    let f = store
-        .publish(
-            &task,
-            "done",
-            &json!({"ok": true}),
-            &opts(true, Some("fin")),
-        )
-        .await
-        .expect("final");
-    assert_eq!(f.seq, 5);
-    let r = store
-        .publish(&task, "late", &json!(1), &opts(false, None))
-        .await;
-    assert!(
-        matches!(r, Err(StoreError::Publish(PublishError::Closed(_)))),
-        "{r:?}"
-    );
-    let again = store
-        .publish(
-            &task,
-            "done",
-            &json!({"ok": true}),
-            &opts(true, Some("fin")),
-        )
-        .await
-        .expect("retried final");
-    assert_eq!((again.seq, again.duplicate), (5, true));
+pub async fn final_event_closes_the_task(store: Arc<dyn Store>) {
+    let task = new_task("conf");
+    publish_four(&*store, &task).await;
+    publish_final(&*store, &task).await;
     let s = store.snapshot(&task).await.expect("s").expect("s");
     assert_eq!((s.seq, s.state), (5, TaskState::Closed));
     assert!(s.latest.is_final);
+}
 
-    // The log keeps at most log_cap (50, approximately on Redis) entries;
-    // the first retained seq then is > 1.
-    let long = TaskId::parse(&unique_task("conf-long")).expect("task");
-    for _ in 0..400 {
-        store
-            .publish(&long, "p", &json!(0), &opts(false, None))
-            .await
-            .expect("publish");
-    }
+/// The log keeps at most log_cap (50, approximately on Redis) entries; the
+/// first retained seq then is > 1.
+pub async fn log_is_trimmed_to_its_cap_and_stays_contiguous(store: Arc<dyn Store>) {
+    let long = publish_long(&*store).await;
     let h = store.history(&long, 0, 1000).await.expect("history");
     assert!(h.len() < 400, "log was trimmed ({} kept)", h.len());
     assert!(h[0].seq > 1);
@@ -189,16 +246,41 @@ pub async fn conformance(store: Arc<dyn Store>) {
     for w in h.windows(2) {
         assert_eq!(w[1].seq, w[0].seq + 1, "retained history is contiguous");
     }
+}
 
-    // The feed delivered every event of `task` once, in order.
+/// The feed delivers every event of a task once, in order (retries and
+/// refused publishes included in what was tried), and stops on cancel.
+pub async fn feed_delivers_every_event_once_in_order(store: Arc<dyn Store>) {
+    let sink = Arc::new(Collect::default());
+    let cancel = CancellationToken::new();
+    let feed = {
+        let store = store.clone();
+        let sink: Arc<dyn FeedSink> = sink.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { store.run_feed(sink, cancel).await })
+    };
+    wait_until("feed live", Duration::from_secs(10), || {
+        let s = sink.clone();
+        async move { s.live.load(std::sync::atomic::Ordering::SeqCst) }
+    })
+    .await;
+
+    let task = new_task("conf");
+    publish_four(&*store, &task).await;
+    publish_final(&*store, &task).await;
+    // Published after `task`'s events: once the feed delivered them all,
+    // it has delivered everything of `task` it ever will.
+    let long = publish_long(&*store).await;
+
     wait_until("feed caught up", Duration::from_secs(10), || {
         let s = sink.clone();
+        let long = long.clone();
         async move {
             s.events
                 .lock()
                 .expect("lock")
                 .iter()
-                .filter(|e| e.task.starts_with("conf-long"))
+                .filter(|e| e.task == long.as_str())
                 .count()
                 >= 400
         }

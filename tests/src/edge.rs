@@ -1,4 +1,6 @@
-//! Edge nodes started in-process on `127.0.0.1:0`.
+//! Edge nodes started in-process on `127.0.0.1:0`: [`TestEdge`] (with a
+//! Redis container, on a running Redis, or on the memory store) and the
+//! lower-level [`spawn_edge`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +11,8 @@ use sluice_edge::status::NodeStatus;
 use sluice_edge::{Config, Node};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::RedisFixture;
 
 pub struct EdgeHandle {
     pub addr: SocketAddr,
@@ -76,4 +80,103 @@ pub async fn spawn_edge(args: &[&str]) -> EdgeHandle {
     })
     .await;
     edge
+}
+
+/// The usual way to start an edge in a test: a fresh Redis container (or a
+/// running Redis, or the memory store) and `--insecure`, plus the test's
+/// own flags.
+///
+/// ```ignore
+/// let (redis, edge) = TestEdge::redis().args(&["--heartbeat-secs", "1"]).start().await;
+/// let b = TestEdge::on(&redis.url()).node("b").start().await;
+/// let mem = TestEdge::memory().args(&["--publish-key", "pk"]).start().await;
+/// ```
+#[must_use = "call .start()"]
+pub struct TestEdge<S> {
+    store: S,
+    insecure: bool,
+    args: Vec<String>,
+}
+
+/// [`TestEdge`] on a Redis container of its own ([`RedisFixture`]).
+pub struct FreshRedis;
+/// [`TestEdge`] on the embedded memory store.
+pub struct Memory;
+/// [`TestEdge`] on a Redis (or Redis Cluster) that is already running.
+pub struct OnRedis(String);
+
+impl<S> TestEdge<S> {
+    fn with(store: S) -> Self {
+        TestEdge {
+            store,
+            insecure: true,
+            args: Vec::new(),
+        }
+    }
+
+    /// More edge flags, as on the command line.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// `--node-id <id>`.
+    pub fn node(self, id: &str) -> Self {
+        self.args(&["--node-id", id])
+    }
+
+    /// Without `--insecure` (the test passes its auth flags).
+    pub fn secure(mut self) -> Self {
+        self.insecure = false;
+        self
+    }
+
+    async fn spawn(&self, redis_url: Option<&str>) -> EdgeHandle {
+        let mut argv: Vec<&str> = Vec::new();
+        if let Some(url) = redis_url {
+            argv.extend(["--redis-url", url]);
+        }
+        if self.insecure {
+            argv.push("--insecure");
+        }
+        argv.extend(self.args.iter().map(String::as_str));
+        spawn_edge(&argv).await
+    }
+}
+
+impl TestEdge<FreshRedis> {
+    /// An edge on a Redis container started for it.
+    pub fn redis() -> Self {
+        Self::with(FreshRedis)
+    }
+
+    /// Starts Redis, then the edge; keep both handles alive.
+    pub async fn start(self) -> (RedisFixture, EdgeHandle) {
+        let redis = RedisFixture::start().await;
+        let edge = self.spawn(Some(&redis.url())).await;
+        (redis, edge)
+    }
+}
+
+impl TestEdge<Memory> {
+    /// An edge on the memory store (no Redis).
+    pub fn memory() -> Self {
+        Self::with(Memory)
+    }
+
+    pub async fn start(self) -> EdgeHandle {
+        self.spawn(None).await
+    }
+}
+
+impl TestEdge<OnRedis> {
+    /// An edge on the Redis at `url` (another node of a test's Redis, or a
+    /// cluster).
+    pub fn on(url: &str) -> Self {
+        Self::with(OnRedis(url.to_owned()))
+    }
+
+    pub async fn start(self) -> EdgeHandle {
+        self.spawn(Some(&self.store.0)).await
+    }
 }

@@ -24,6 +24,23 @@ fn image_name() -> (String, String) {
     }
 }
 
+/// Removes the container a failed start left created (Docker names it in
+/// the error: `... on endpoint <name> (<id>) ...`). Best effort.
+fn remove_unstarted(error: &str) {
+    let Some(name) = error
+        .split("on endpoint ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+    else {
+        return;
+    };
+    let _ = std::process::Command::new("docker")
+        .args(["rm", "-f", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 impl RedisFixture {
     /// Starts a fresh Redis. Extra server arguments (e.g. `--appendonly yes`)
     /// replace the image's default command.
@@ -41,19 +58,43 @@ impl RedisFixture {
             cmd.extend(args.iter().map(|s| s.to_string()));
         }
         let _ = &mut image;
-        let req = image.with_cmd(cmd);
-        let container = match req.start().await {
-            Ok(c) => c,
-            Err(e) => {
-                let text = e.to_string();
-                if text.contains("pull") {
-                    panic!(
-                        "Redis test image {name}:{tag} is missing and cannot be pulled: \
-                         build it with deploy/images/redis.sh (tests/run.sh does) or set \
-                         SLUICE_TEST_REDIS_IMAGE=redis:7 where a registry is reachable. ({text})"
-                    );
+        let mut attempt = 1;
+        let container = loop {
+            // The host port is chosen here, by the kernel, as a port free for
+            // listening on every address: Docker's own choice walks its range
+            // in order and runs into ports that this machine's client sockets
+            // hold (tests open thousands of loopback connections).
+            let host_port = std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let req = image
+                .clone()
+                .with_mapped_port(host_port, 6379.tcp())
+                .with_cmd(cmd.clone());
+            match req.start().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("pull") {
+                        panic!(
+                            "Redis test image {name}:{tag} is missing and cannot be pulled: \
+                             build it with deploy/images/redis.sh (tests/run.sh does) or set \
+                             SLUICE_TEST_REDIS_IMAGE=redis:7 where a registry is reachable. ({text})"
+                        );
+                    }
+                    // Another socket took the port before Docker bound it: a
+                    // lost race, not a failure. Retry on another port.
+                    let lost_race = text.contains("address already in use")
+                        || text.contains("port is already allocated");
+                    remove_unstarted(&text);
+                    if attempt < 10 && lost_race {
+                        eprintln!("Redis container lost a port race (attempt {attempt}): {text}");
+                        attempt += 1;
+                        continue;
+                    }
+                    panic!("cannot start Redis container: {text}");
                 }
-                panic!("cannot start Redis container: {text}");
             }
         };
         let port = container

@@ -97,9 +97,7 @@ impl Drop for ChildEdge {
 }
 
 async fn spawn_edge(args: &Args, path: &str) -> anyhow::Result<(ChildEdge, SocketAddr)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = sluice_tests::free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let max = (args.connections + 1000).to_string();
     let child = std::process::Command::new(path)

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -20,6 +19,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::producer::mark_of;
+use crate::sse::{SseLine, SseLines};
 use crate::DeliveryLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +279,7 @@ impl Client {
         let lifetime = lifetime(self.spec.churn);
         tokio::pin!(lifetime);
         let mut body = resp.bytes_stream();
-        let mut buf = BytesMut::new();
+        let mut sse = FrameReader::default();
         loop {
             // Cancel-safe: `changed`, `sleep` and `next` on a body stream.
             let chunk = tokio::select! {
@@ -289,20 +289,17 @@ impl Client {
                 c = tokio::time::timeout(self.spec.idle_timeout, body.next()) => c,
             };
             match chunk {
-                Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+                Ok(Some(Ok(b))) if sse.feed(&b) => {}
                 _ => return Outcome::Ended,
             }
-            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
-                let raw = buf.split_to(pos + 2);
-                if let Some(f) = parse_sse(&raw[..pos]) {
-                    self.counters.received.fetch_add(1, Ordering::Relaxed);
-                    if f.reset {
-                        r.log.marked_reset(f.seq, f.mark);
-                    } else {
-                        r.log.marked_event(f.seq, f.mark);
-                        if f.is_final {
-                            return Outcome::Finished;
-                        }
+            while let Some(f) = sse.frames.pop_front() {
+                self.counters.received.fetch_add(1, Ordering::Relaxed);
+                if f.reset {
+                    r.log.marked_reset(f.seq, f.mark);
+                } else {
+                    r.log.marked_event(f.seq, f.mark);
+                    if f.is_final {
+                        return Outcome::Finished;
                     }
                 }
             }
@@ -379,33 +376,58 @@ struct Frame {
     mark: Option<u64>,
 }
 
-/// The frame of an SSE block carrying data; `None` for heartbeats and
-/// `retry:`-only blocks.
-fn parse_sse(raw: &[u8]) -> Option<Frame> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let (mut id, mut event, mut data) = (None, None, None);
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = v.parse::<u64>().ok();
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event = Some(v);
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data = Some(v);
-        }
+/// Frames from an SSE body fed in pieces, read with the harness's line
+/// parser ([`SseLines`]): the `data:` JSON is parsed where it lies in the
+/// input, nothing else is copied (thousands of clients share the cores with
+/// the edges under test).
+#[derive(Default)]
+struct FrameReader {
+    lines: SseLines,
+    seq: Option<u64>,
+    reset: bool,
+    data: Option<serde_json::Value>,
+    frames: std::collections::VecDeque<Frame>,
+}
+
+impl FrameReader {
+    /// False when a line grew past [`crate::sse::MAX_LINE`].
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let Self {
+            lines,
+            seq,
+            reset,
+            data,
+            frames,
+        } = self;
+        lines.feed(bytes, |line| match line {
+            // A frame carrying data; heartbeats and `retry:`-only frames
+            // have none.
+            SseLine::End => {
+                let reset = std::mem::take(reset);
+                if let (Some(seq), Some(data)) = (seq.take(), data.take()) {
+                    let (is_final, mark) = if reset {
+                        (false, mark_of(&data["latest"]["data"]))
+                    } else {
+                        (data["final"] == true, mark_of(&data["data"]))
+                    };
+                    frames.push_back(Frame {
+                        seq,
+                        reset,
+                        is_final,
+                        mark,
+                    });
+                }
+                *seq = None;
+                *data = None;
+            }
+            SseLine::Field(b"id", v) => {
+                *seq = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+            }
+            SseLine::Field(b"event", v) => *reset = v == b"sluice.reset",
+            SseLine::Field(b"data", v) => *data = serde_json::from_slice(v).ok(),
+            SseLine::Field(..) | SseLine::Comment(_) => {}
+        })
     }
-    let data: serde_json::Value = serde_json::from_str(data?).ok()?;
-    let reset = event == Some("sluice.reset");
-    let (is_final, mark) = if reset {
-        (false, mark_of(&data["latest"]["data"]))
-    } else {
-        (data["final"] == true, mark_of(&data["data"]))
-    };
-    Some(Frame {
-        seq: id?,
-        reset,
-        is_final,
-        mark,
-    })
 }
 
 /// Sleeps for one stream's churn lifetime (forever without churn).
@@ -430,7 +452,16 @@ fn rand_ms(max: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_sse, Frame};
+    use super::{Frame, FrameReader};
+
+    /// One SSE block (without its blank line) through the fleet's reader.
+    fn parse_sse(raw: &[u8]) -> Option<Frame> {
+        let mut r = FrameReader::default();
+        assert!(r.feed(raw) && r.feed(b"\n\n"));
+        let f = r.frames.pop_front();
+        assert!(r.frames.is_empty());
+        f
+    }
 
     fn frame(seq: u64, reset: bool, is_final: bool, mark: Option<u64>) -> Option<Frame> {
         Some(Frame {

@@ -16,12 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::report::Stats;
+use crate::sse::{ChunkedBody, ResponseHead, SseLine, SseLines, MAX_HEAD};
 
-/// Longest response head accepted.
-const MAX_HEAD: usize = 16 * 1024;
-/// Longest SSE line accepted (an event bigger than this is a protocol error
-/// for the load generator).
-const MAX_LINE: usize = 1024 * 1024;
 /// Initial read buffer of one connection.
 const READ_BUF: usize = 4 * 1024;
 
@@ -135,9 +131,9 @@ pub async fn run_sse(
     }
     let mut buf = Vec::with_capacity(READ_BUF);
     // Response head.
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
+    let head = loop {
+        if let Some(head) = ResponseHead::parse(&buf) {
+            break head;
         }
         if buf.len() > MAX_HEAD {
             return res;
@@ -152,17 +148,15 @@ pub async fn run_sse(
             Ok(_) => {}
         }
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    if !head.starts_with("http/1.1 200") {
+    if head.status != 200 {
         return res;
     }
-    let chunked = head.contains("transfer-encoding: chunked");
-    buf.drain(..head_end);
+    buf.drain(..head.len);
     res.established = true;
     stats.established.fetch_add(1, Ordering::Relaxed);
     drop(permit);
 
-    let mut body = Body::new(chunked);
+    let mut body = ChunkedBody::new(head.chunked);
     let mut sse = SseParser::default();
     let mut lat = Vec::new();
     res.outcome = loop {
@@ -175,7 +169,7 @@ pub async fn run_sse(
             if !ok {
                 break Outcome::Failed;
             }
-            if body.ended {
+            if body.ended() {
                 break Outcome::Closed;
             }
         }
@@ -260,137 +254,52 @@ pub async fn run_ws(
     res
 }
 
-/// HTTP/1.1 body framing: chunked or raw.
-struct Body {
-    chunked: bool,
-    /// Bytes left in the current chunk; `None` while reading a size line.
-    left: Option<usize>,
-    /// Expecting the CRLF after a chunk's data.
-    crlf: usize,
-    line: Vec<u8>,
-    ended: bool,
-}
-
-impl Body {
-    fn new(chunked: bool) -> Self {
-        Body {
-            chunked,
-            left: None,
-            crlf: 0,
-            line: Vec::new(),
-            ended: false,
-        }
-    }
-
-    /// Feeds raw bytes; calls `out` with body bytes. False on a framing error.
-    fn feed(&mut self, mut input: &[u8], mut out: impl FnMut(&[u8]) -> bool) -> bool {
-        if !self.chunked {
-            return out(input);
-        }
-        while !input.is_empty() && !self.ended {
-            if self.crlf > 0 {
-                let n = self.crlf.min(input.len());
-                input = &input[n..];
-                self.crlf -= n;
-                continue;
-            }
-            match self.left {
-                Some(left) => {
-                    let n = left.min(input.len());
-                    if !out(&input[..n]) {
-                        return false;
-                    }
-                    input = &input[n..];
-                    if n == left {
-                        self.left = None;
-                        self.crlf = 2;
-                    } else {
-                        self.left = Some(left - n);
-                    }
-                }
-                None => {
-                    let Some(i) = input.iter().position(|&b| b == b'\n') else {
-                        self.line.extend_from_slice(input);
-                        return self.line.len() <= 64;
-                    };
-                    self.line.extend_from_slice(&input[..i]);
-                    input = &input[i + 1..];
-                    let line = std::str::from_utf8(&self.line).unwrap_or("");
-                    let hex = line.trim().split(';').next().unwrap_or("");
-                    let Ok(size) = usize::from_str_radix(hex, 16) else {
-                        return false;
-                    };
-                    self.line.clear();
-                    if size == 0 {
-                        self.ended = true;
-                    } else {
-                        self.left = Some(size);
-                    }
-                }
-            }
-        }
-        true
-    }
-}
-
-/// A minimal SSE parser: the fields Sluice sends (`id`, `event`, `data`,
-/// `retry`, comments).
+/// What the load generator takes from an SSE stream (`id`, whether the
+/// event is a reset, the envelope's `ts`), read with the harness's line
+/// parser ([`SseLines`]): nothing is allocated per line or per event.
 #[derive(Default)]
 struct SseParser {
-    partial: Vec<u8>,
+    lines: SseLines,
     id: Option<u64>,
     reset: bool,
     ts: Option<i64>,
 }
 
 impl SseParser {
+    /// False when a line grew past [`crate::sse::MAX_LINE`].
     fn feed(&mut self, bytes: &[u8], t: &mut Tracker, lat: &mut Vec<u64>) -> bool {
-        let mut rest = bytes;
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            let line = &rest[..i];
-            rest = &rest[i + 1..];
-            if self.partial.is_empty() {
-                self.line(line, t, lat);
-            } else {
-                let mut whole = std::mem::take(&mut self.partial);
-                whole.extend_from_slice(line);
-                self.line(&whole, t, lat);
-                whole.clear();
-                self.partial = whole;
-            }
-        }
-        self.partial.extend_from_slice(rest);
-        self.partial.len() <= MAX_LINE
-    }
-
-    fn line(&mut self, line: &[u8], t: &mut Tracker, lat: &mut Vec<u64>) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            // Dispatch.
-            if let Some(seq) = self.id.take() {
-                if std::mem::take(&mut self.reset) {
-                    t.reset(seq);
-                } else {
-                    t.event(seq);
-                    if let Some(us) = self.ts.take().and_then(latency_us) {
-                        lat.push(us);
+        let Self {
+            lines,
+            id,
+            reset,
+            ts,
+        } = self;
+        lines.feed(bytes, |line| match line {
+            SseLine::End => {
+                // Dispatch.
+                if let Some(seq) = id.take() {
+                    if std::mem::take(reset) {
+                        t.reset(seq);
+                    } else {
+                        t.event(seq);
+                        if let Some(us) = ts.take().and_then(latency_us) {
+                            lat.push(us);
+                        }
                     }
                 }
+                *reset = false;
+                *ts = None;
             }
-            self.reset = false;
-            self.ts = None;
-        } else if let Some(v) = line.strip_prefix(b"id: ") {
-            self.id = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
-        } else if let Some(v) = line.strip_prefix(b"event: ") {
-            self.reset = v == sluice_shared::event::RESET_TYPE.as_bytes();
-        } else if let Some(v) = line.strip_prefix(b"data: ") {
-            self.ts = envelope_ts(v);
-        }
+            SseLine::Field(b"id", v) => {
+                *id = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+            }
+            SseLine::Field(b"event", v) => {
+                *reset = v == sluice_shared::event::RESET_TYPE.as_bytes();
+            }
+            SseLine::Field(b"data", v) => *ts = envelope_ts(v),
+            SseLine::Field(..) | SseLine::Comment(_) => {}
+        })
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
 
 #[derive(serde::Deserialize)]
@@ -486,7 +395,7 @@ mod tests {
             wire.extend_from_slice(b"\r\n");
         }
         for split in [1usize, 3, 64, wire.len()] {
-            let mut body = Body::new(true);
+            let mut body = ChunkedBody::new(true);
             let mut sse = SseParser::default();
             let mut t = Tracker::default();
             let mut lat = Vec::new();

@@ -14,17 +14,21 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
 use sluice_edge::store::redis::RedisStore;
+use sluice_edge::store::Store;
 use sluice_shared::{shard_of, DEFAULT_SHARDS};
 use sluice_tests::checker::record_ack;
 use sluice_tests::cluster::RedisCluster;
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, SseClient};
+use sluice_tests::{unique_task, DeliveryLog, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(15);
 
-#[tokio::test]
-async fn cluster_store_conforms() {
-    sluice_tests::init_logs();
-    let _one = sluice_tests::chaos::exclusive().await;
+/// A cluster per clause of the store conformance suite, under the
+/// exclusive lock (the cluster is dropped before the lock is released).
+async fn cluster_store() -> (
+    Arc<dyn Store>,
+    (RedisCluster, tokio::sync::MutexGuard<'static, ()>),
+) {
+    let one = sluice_tests::chaos::exclusive().await;
     let cluster = RedisCluster::start();
     let store = RedisStore::connect(
         &cluster.url(),
@@ -33,8 +37,10 @@ async fn cluster_store_conforms() {
     )
     .await
     .expect("connect to the cluster");
-    sluice_tests::conformance::conformance(Arc::new(store)).await;
+    (Arc::new(store), (cluster, one))
 }
+
+sluice_tests::store_conformance!(store_conformance, super::cluster_store);
 
 #[tokio::test]
 async fn publish_batch_on_cluster() {
@@ -51,8 +57,8 @@ async fn exact_resume_across_nodes_on_cluster() {
     let _one = sluice_tests::chaos::exclusive().await;
     let cluster = RedisCluster::start();
     let url = cluster.url();
-    let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "ca"]).await;
-    let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "cb"]).await;
+    let a = TestEdge::on(&url).node("ca").start().await;
+    let b = TestEdge::on(&url).node("cb").start().await;
     let p = Publisher::connect(&url).await.expect("publisher");
     // Tasks on several shards (several primaries).
     let tasks: Vec<String> = (0..6).map(|_| unique_task("ctask")).collect();
@@ -106,6 +112,43 @@ async fn exact_resume_across_nodes_on_cluster() {
     );
 }
 
+/// A client of the failover scenario: follows `base` (a task's SSE URL)
+/// from seq 1 to the final event, reconnecting with its resume point
+/// whenever a stream ends early, and logs every event and reset with the
+/// producer's mark. Returns the task, the log and its reconnects.
+async fn follow_marked(base: String, t: String) -> (String, DeliveryLog, u32) {
+    let mut log = DeliveryLog::default();
+    let mut reconnects = 0u32;
+    loop {
+        let mut c =
+            SseClient::connect(&format!("{base}?after={}", log.last().unwrap_or(0)), None).await;
+        if c.status == 204 {
+            break;
+        }
+        if c.status != 200 {
+            reconnects += 1;
+            assert!(reconnects < 200, "{t}: too many failed reconnects");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
+            let seq = f.seq().expect("id");
+            let env = f.json();
+            if f.event.as_deref() == Some("sluice.reset") {
+                log.marked_reset(seq, env["latest"]["data"]["mark"].as_u64());
+            } else {
+                log.marked_event(seq, env["data"]["mark"].as_u64());
+                if env["final"] == json!(true) {
+                    return (t, log, reconnects);
+                }
+            }
+        }
+        reconnects += 1;
+        assert!(reconnects < 200, "{t}: too many reconnects");
+    }
+    (t, log, reconnects)
+}
+
 /// A primary is killed while a producer publishes; its replica takes over.
 /// Replication is asynchronous, so acknowledged writes may be lost. The test
 /// knows which case it ran into (every publish carries its round as a mark,
@@ -121,8 +164,8 @@ async fn primary_failover_while_publishing() {
     let _one = sluice_tests::chaos::exclusive().await;
     let mut cluster = RedisCluster::start();
     let url = cluster.url();
-    let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "fa"]).await;
-    let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "fb"]).await;
+    let a = TestEdge::on(&url).node("fa").start().await;
+    let b = TestEdge::on(&url).node("fb").start().await;
     let config = PublisherConfig {
         pool_size: 8,
         ..PublisherConfig::default()
@@ -133,48 +176,12 @@ async fn primary_failover_while_publishing() {
     let tasks: Vec<String> = (0..8).map(|_| unique_task("fo")).collect();
     const N: u64 = 300;
 
-    // Clients: one per task per edge, reconnecting (with their resume point)
-    // whenever a stream ends early.
+    // Clients: one per task per edge.
     let mut clients = tokio::task::JoinSet::new();
     for t in &tasks {
         for edge in [&a, &b] {
             let base = edge.url(&format!("/v1/tasks/{t}/events"));
-            let t = t.clone();
-            clients.spawn(async move {
-                let mut log = DeliveryLog::default();
-                let mut reconnects = 0u32;
-                loop {
-                    let mut c = SseClient::connect(
-                        &format!("{base}?after={}", log.last().unwrap_or(0)),
-                        None,
-                    )
-                    .await;
-                    if c.status == 204 {
-                        break;
-                    }
-                    if c.status != 200 {
-                        reconnects += 1;
-                        assert!(reconnects < 200, "{t}: too many failed reconnects");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        continue;
-                    }
-                    while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
-                        let seq = f.seq().expect("id");
-                        let env = f.json();
-                        if f.event.as_deref() == Some("sluice.reset") {
-                            log.marked_reset(seq, env["latest"]["data"]["mark"].as_u64());
-                        } else {
-                            log.marked_event(seq, env["data"]["mark"].as_u64());
-                            if env["final"] == json!(true) {
-                                return (t, log, reconnects);
-                            }
-                        }
-                    }
-                    reconnects += 1;
-                    assert!(reconnects < 200, "{t}: too many reconnects");
-                }
-                (t, log, reconnects)
-            });
+            clients.spawn(follow_marked(base, t.clone()));
         }
     }
 
@@ -293,10 +300,10 @@ async fn feed_egress_grows_with_edges() {
         }
     };
     let none = phase(0).await;
-    let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "ea"]).await;
+    let a = TestEdge::on(&url).node("ea").start().await;
     let one = phase(1).await;
-    let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "eb"]).await;
-    let c = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "ec"]).await;
+    let b = TestEdge::on(&url).node("eb").start().await;
+    let c = TestEdge::on(&url).node("ec").start().await;
     let three = phase(3).await;
     let per_edge_one = one.saturating_sub(none) as f64 / EVENTS as f64;
     let per_edge_three = three.saturating_sub(none) as f64 / EVENTS as f64 / 3.0;
@@ -321,24 +328,16 @@ enum Seen {
     Reset(u64),
 }
 
-/// A failover that loses acknowledged writes, made deterministic: the
-/// victim's replica is stopped (SIGSTOP) while the primary acknowledges a
-/// run of publishes, then the primary is killed and the replica resumed and
-/// promoted. Those events are gone and the tasks' next events reuse their
-/// seqs. Every client must either see exactly the final history, or get a
-/// `sluice.reset` and then exactly the final history from the reset's seq:
-/// never a silent gap, never the new events hidden under seqs it already has.
-/// Judged by content, not only by seq.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn primary_failover_losing_writes_resets_clients() {
-    sluice_tests::init_logs();
-    let _one = sluice_tests::chaos::exclusive().await;
-    let mut cluster = RedisCluster::start();
-    let url = cluster.url();
-    let a = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "la"]).await;
-    let b = spawn_edge(&["--redis-url", &url, "--insecure", "--node-id", "lb"]).await;
-    let p = Publisher::connect(&url).await.expect("publisher");
-    // Four tasks on the victim primary's shards, four on other primaries.
+/// Tasks for the lost-writes scenario: four on the shards of one primary
+/// (the victim), four on the other primaries.
+struct VictimTasks {
+    victim: u16,
+    victim_shards: Vec<u32>,
+    on_victim: Vec<String>,
+    elsewhere: Vec<String>,
+}
+
+fn victim_tasks(cluster: &RedisCluster) -> VictimTasks {
     let first = unique_task("lw");
     let victim = cluster.primary_of_shard(shard_of(&first, DEFAULT_SHARDS));
     let victim_shards: Vec<u32> = (0..DEFAULT_SHARDS)
@@ -364,6 +363,130 @@ async fn primary_failover_losing_writes_resets_clients() {
         8,
         "tasks for both groups"
     );
+    VictimTasks {
+        victim,
+        victim_shards,
+        on_victim,
+        elsewhere,
+    }
+}
+
+/// A client of the lost-writes scenario: follows `base` (a task's SSE URL)
+/// from seq 1 to the final event, reconnecting from the last seq it got,
+/// and records what it saw by content. `got` shows its last seq to the
+/// scenario. Returns the task, what it saw and its reconnects.
+async fn follow_by_content(
+    base: String,
+    t: String,
+    got: Arc<AtomicU64>,
+) -> (String, Vec<Seen>, u32) {
+    let mut seen = Vec::new();
+    let mut last = 0u64;
+    let mut reconnects = 0u32;
+    loop {
+        let mut c = SseClient::connect(&format!("{base}?after={last}"), None).await;
+        if c.status == 204 {
+            break;
+        }
+        if c.status == 200 {
+            while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
+                let seq = f.seq().expect("id");
+                last = seq;
+                got.store(seq, Ordering::SeqCst);
+                let env = f.json();
+                if f.event.as_deref() == Some("sluice.reset") {
+                    seen.push(Seen::Reset(seq));
+                } else {
+                    seen.push(Seen::Event(seq, env["data"].clone()));
+                    if env["final"] == json!(true) {
+                        return (t, seen, reconnects);
+                    }
+                }
+            }
+        }
+        reconnects += 1;
+        assert!(reconnects < 300, "{t}: too many reconnects");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (t, seen, reconnects)
+}
+
+/// The final history `(seq, data)` of every task, as Redis holds it now.
+async fn final_histories(
+    p: &Publisher,
+    tasks: &[String],
+) -> std::collections::HashMap<String, Vec<(u64, serde_json::Value)>> {
+    let mut conn = p.pool().get().await.expect("conn");
+    let mut finals = std::collections::HashMap::new();
+    for t in tasks {
+        let id = sluice_shared::TaskId::parse(t).expect("id");
+        let h = sluice_broker::reader::history(&mut conn, &id, DEFAULT_SHARDS, 0, 10_000)
+            .await
+            .expect("history");
+        let h: Vec<(u64, serde_json::Value)> = h.into_iter().map(|e| (e.seq, e.data)).collect();
+        finals.insert(t.clone(), h);
+    }
+    finals
+}
+
+/// After its last reset (or from the start), a client saw exactly the
+/// task's final history, by content. Returns how many resets it got.
+fn assert_final_history_after_last_reset(
+    t: &str,
+    seen: &[Seen],
+    history: &[(u64, serde_json::Value)],
+) -> usize {
+    let (from, tail): (u64, Vec<&Seen>) =
+        match seen.iter().rposition(|s| matches!(s, Seen::Reset(_))) {
+            Some(i) => {
+                let Seen::Reset(r) = seen[i] else {
+                    unreachable!()
+                };
+                (r, seen[i + 1..].iter().collect())
+            }
+            None => (0, seen.iter().collect()),
+        };
+    let got: Vec<(u64, serde_json::Value)> = tail
+        .iter()
+        .map(|s| match s {
+            Seen::Event(seq, d) => (*seq, d.clone()),
+            Seen::Reset(_) => unreachable!(),
+        })
+        .collect();
+    // Every client asked for seq 1 on (`?after=0`): with no reset it
+    // must have seen the whole history from the start.
+    let want: Vec<(u64, serde_json::Value)> =
+        history.iter().filter(|(s, _)| *s > from).cloned().collect();
+    assert_eq!(
+        got, want,
+        "{t}: after its last reset (seq {from}; 0: none) the client must see exactly the final history"
+    );
+    seen.iter().filter(|s| matches!(s, Seen::Reset(_))).count()
+}
+
+/// A failover that loses acknowledged writes, made deterministic: the
+/// victim's replica is stopped (SIGSTOP) while the primary acknowledges a
+/// run of publishes, then the primary is killed and the replica resumed and
+/// promoted. Those events are gone and the tasks' next events reuse their
+/// seqs. Every client must either see exactly the final history, or get a
+/// `sluice.reset` and then exactly the final history from the reset's seq:
+/// never a silent gap, never the new events hidden under seqs it already has.
+/// Judged by content, not only by seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_failover_losing_writes_resets_clients() {
+    sluice_tests::init_logs();
+    let _one = sluice_tests::chaos::exclusive().await;
+    let mut cluster = RedisCluster::start();
+    let url = cluster.url();
+    let a = TestEdge::on(&url).node("la").start().await;
+    let b = TestEdge::on(&url).node("lb").start().await;
+    let p = Publisher::connect(&url).await.expect("publisher");
+    let VictimTasks {
+        victim,
+        victim_shards,
+        on_victim,
+        elsewhere,
+    } = victim_tasks(&cluster);
     let tasks: Vec<String> = on_victim.iter().chain(&elsewhere).cloned().collect();
     const N: u64 = 200;
     const LOST_ROUNDS: u64 = 15;
@@ -380,38 +503,7 @@ async fn primary_failover_losing_writes_resets_clients() {
             let base = edge.url(&format!("/v1/tasks/{t}/events"));
             let got = Arc::new(AtomicU64::new(0));
             progress.push((t.clone(), got.clone()));
-            let t = t.clone();
-            clients.spawn(async move {
-                let mut seen = Vec::new();
-                let mut last = 0u64;
-                let mut reconnects = 0u32;
-                loop {
-                    let mut c = SseClient::connect(&format!("{base}?after={last}"), None).await;
-                    if c.status == 204 {
-                        break;
-                    }
-                    if c.status == 200 {
-                        while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
-                            let seq = f.seq().expect("id");
-                            last = seq;
-                            got.store(seq, Ordering::SeqCst);
-                            let env = f.json();
-                            if f.event.as_deref() == Some("sluice.reset") {
-                                seen.push(Seen::Reset(seq));
-                            } else {
-                                seen.push(Seen::Event(seq, env["data"].clone()));
-                                if env["final"] == json!(true) {
-                                    return (t, seen, reconnects);
-                                }
-                            }
-                        }
-                    }
-                    reconnects += 1;
-                    assert!(reconnects < 300, "{t}: too many reconnects");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                (t, seen, reconnects)
-            });
+            clients.spawn(follow_by_content(base, t.clone(), got));
         }
     }
 
@@ -472,17 +564,7 @@ async fn primary_failover_losing_writes_resets_clients() {
     }
     cluster.wait_healed(Duration::from_secs(30));
 
-    // The final history of every task, as Redis holds it now.
-    let mut conn = p.pool().get().await.expect("conn");
-    let mut finals = std::collections::HashMap::new();
-    for t in &tasks {
-        let id = sluice_shared::TaskId::parse(t).expect("id");
-        let h = sluice_broker::reader::history(&mut conn, &id, DEFAULT_SHARDS, 0, 10_000)
-            .await
-            .expect("history");
-        let h: Vec<(u64, serde_json::Value)> = h.into_iter().map(|e| (e.seq, e.data)).collect();
-        finals.insert(t.clone(), h);
-    }
+    let finals = final_histories(&p, &tasks).await;
     let lost_events: usize = on_victim
         .iter()
         .map(|t| N as usize + 1 - finals[t].len())
@@ -492,34 +574,7 @@ async fn primary_failover_losing_writes_resets_clients() {
     while let Some(r) = clients.join_next().await {
         let (t, seen, _reconnects) = r.expect("client");
         clients_n += 1;
-        let history = &finals[&t];
-        // After the last reset (or from the start), exactly the history.
-        let (from, tail): (u64, Vec<&Seen>) =
-            match seen.iter().rposition(|s| matches!(s, Seen::Reset(_))) {
-                Some(i) => {
-                    let Seen::Reset(r) = seen[i] else {
-                        unreachable!()
-                    };
-                    (r, seen[i + 1..].iter().collect())
-                }
-                None => (0, seen.iter().collect()),
-            };
-        let got: Vec<(u64, serde_json::Value)> = tail
-            .iter()
-            .map(|s| match s {
-                Seen::Event(seq, d) => (*seq, d.clone()),
-                Seen::Reset(_) => unreachable!(),
-            })
-            .collect();
-        // Every client asked for seq 1 on (`?after=0`): with no reset it
-        // must have seen the whole history from the start.
-        let want: Vec<(u64, serde_json::Value)> =
-            history.iter().filter(|(s, _)| *s > from).cloned().collect();
-        assert_eq!(
-            got, want,
-            "{t}: after its last reset (seq {from}; 0: none) the client must see exactly the final history"
-        );
-        let resets = seen.iter().filter(|s| matches!(s, Seen::Reset(_))).count();
+        let resets = assert_final_history_after_last_reset(&t, &seen, &finals[&t]);
         if on_victim.contains(&t) {
             resets_victim += resets;
             assert!(
@@ -576,18 +631,17 @@ async fn publish_waits_for_a_replica() {
         .expect("a replica confirms");
     assert_eq!(first.seq, 1);
 
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &url,
-        "--insecure",
-        "--publish-key",
-        "pk-0123456789",
-        "--wait-replicas",
-        "1",
-        "--wait-timeout-ms",
-        "300",
-    ])
-    .await;
+    let edge = TestEdge::on(&url)
+        .args(&[
+            "--publish-key",
+            "pk-0123456789",
+            "--wait-replicas",
+            "1",
+            "--wait-timeout-ms",
+            "300",
+        ])
+        .start()
+        .await;
     let http = reqwest::Client::new();
     let post = |body: serde_json::Value| {
         http.post(edge.url(&format!("/v1/tasks/{task}/events")))

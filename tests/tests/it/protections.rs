@@ -6,31 +6,24 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher};
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient, WsClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use sluice_tests::sse::RawSse;
+use sluice_tests::{unique_task, DeliveryLog, SseClient, TestEdge, WsClient};
+use tokio::io::AsyncWriteExt;
 
 const T: Duration = Duration::from_secs(20);
-
-/// Opens an SSE request on a raw socket and returns it without reading.
-async fn raw_sse(addr: std::net::SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write request");
-    s
-}
 
 #[tokio::test]
 async fn connection_limit_is_exact_and_guarded() {
     sluice_tests::init_logs();
-    let edge = spawn_edge(&[
-        "--insecure",
-        "--max-connections",
-        "3",
-        "--publish-key",
-        "pk-limit-0123456789",
-    ])
-    .await;
+    let edge = TestEdge::memory()
+        .args(&[
+            "--max-connections",
+            "3",
+            "--publish-key",
+            "pk-limit-0123456789",
+        ])
+        .start()
+        .await;
     let task = unique_task("limit");
     let url = edge.url(&format!("/v1/tasks/{task}/events"));
     let mut open = Vec::new();
@@ -118,17 +111,12 @@ async fn connection_limit_is_exact_and_guarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_connections_release_everything() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
     // Heartbeats far apart: releasing must not depend on a heartbeat write
     // failing (WebSocket clients here do not read, so they never answer pings).
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--heartbeat-secs",
-        "300",
-    ])
-    .await;
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--heartbeat-secs", "300"])
+        .start()
+        .await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
     let tasks: Vec<String> = (0..10).map(|_| unique_task("churn")).collect();
     for t in &tasks {
@@ -148,11 +136,9 @@ async fn abandoned_connections_release_everything() {
                 .expect("ws");
             ws.push(c);
         } else {
-            let mut s = raw_sse(edge.addr, &format!("/v1/tasks/{t}/events")).await;
-            let mut buf = [0u8; 512];
-            let n = s.read(&mut buf).await.expect("read head");
-            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-            sse.push(s);
+            let s = RawSse::connect(edge.addr, &format!("/v1/tasks/{t}/events")).await;
+            assert_eq!(s.status, 200);
+            sse.push(s.stream);
         }
     }
     sluice_tests::wait_until("1000 connections open", T, || {
@@ -209,25 +195,12 @@ async fn abandoned_connections_release_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_clients_without_loss() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let a = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--node-id",
-        "drain-a",
-        "--drain-secs",
-        "2",
-    ])
-    .await;
-    let b = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--node-id",
-        "drain-b",
-    ])
-    .await;
+    let (redis, a) = TestEdge::redis()
+        .node("drain-a")
+        .args(&["--drain-secs", "2"])
+        .start()
+        .await;
+    let b = TestEdge::on(&redis.url()).node("drain-b").start().await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
     let task = unique_task("drain");
     const N: u64 = 600;
@@ -334,7 +307,10 @@ async fn drain_moves_clients_without_loss() {
 #[tokio::test]
 async fn connect_rate_limit_refuses_bursts_with_jittered_retry_after() {
     sluice_tests::init_logs();
-    let edge = spawn_edge(&["--insecure", "--max-connect-rate", "5"]).await;
+    let edge = TestEdge::memory()
+        .args(&["--max-connect-rate", "5"])
+        .start()
+        .await;
     let task = unique_task("rate");
     let url = edge.url(&format!("/v1/tasks/{task}/events"));
     let mut ok = Vec::new();

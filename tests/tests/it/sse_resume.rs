@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_broker::{PublishOptions, Publisher, PublisherConfig};
 use sluice_shared::{TaskId, TaskKeys, DEFAULT_SHARDS};
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient};
+use sluice_tests::{unique_task, DeliveryLog, RedisFixture, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -17,8 +17,7 @@ async fn publisher(redis: &RedisFixture) -> Publisher {
 #[tokio::test]
 async fn snapshot_on_connect_then_live() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let p = publisher(&redis).await;
     let task = unique_task("snap");
     for i in 1..=5 {
@@ -79,9 +78,8 @@ async fn snapshot_on_connect_then_live() {
 #[tokio::test]
 async fn resume_on_another_node_is_exact() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let a = spawn_edge(&["--redis-url", &redis.url(), "--insecure", "--node-id", "a"]).await;
-    let b = spawn_edge(&["--redis-url", &redis.url(), "--insecure", "--node-id", "b"]).await;
+    let (redis, a) = TestEdge::redis().node("a").start().await;
+    let b = TestEdge::on(&redis.url()).node("b").start().await;
     let p = publisher(&redis).await;
     let task = unique_task("resume");
     const N: u64 = 400;
@@ -139,15 +137,10 @@ async fn resume_on_another_node_is_exact() {
 #[tokio::test]
 async fn replay_from_zero_and_history_endpoint() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--history-page",
-        "7",
-    ])
-    .await;
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--history-page", "7"])
+        .start()
+        .await;
     let p = publisher(&redis).await;
     let task = unique_task("replay");
     for i in 1..=50 {
@@ -201,8 +194,7 @@ async fn replay_from_zero_and_history_endpoint() {
 #[tokio::test]
 async fn gaps_in_the_feed_are_filled_from_history() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let p = publisher(&redis).await;
     let task = unique_task("gap");
     p.publish(&task, "progress", &json!(1))
@@ -256,8 +248,7 @@ async fn gaps_in_the_feed_are_filled_from_history() {
 #[tokio::test]
 async fn reset_when_history_is_gone() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let config = PublisherConfig {
         log_cap: 10,
         ..PublisherConfig::default()
@@ -303,15 +294,10 @@ async fn reset_when_history_is_gone() {
 #[tokio::test]
 async fn unknown_task_waits_with_heartbeats() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--heartbeat-secs",
-        "1",
-    ])
-    .await;
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--heartbeat-secs", "1"])
+        .start()
+        .await;
     let task = unique_task("later");
     let mut c = SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events")), None).await;
     assert_eq!(c.status, 200);
@@ -331,7 +317,10 @@ async fn unknown_task_waits_with_heartbeats() {
 #[tokio::test]
 async fn memory_store_resume_and_end() {
     sluice_tests::init_logs();
-    let edge = spawn_edge(&["--insecure", "--publish-key", "pk-test"]).await;
+    let edge = TestEdge::memory()
+        .args(&["--publish-key", "pk-test"])
+        .start()
+        .await;
     let task = unique_task("mem");
     let client = reqwest::Client::new();
     let publish = |i: u64, fin: bool| {
@@ -388,15 +377,10 @@ async fn memory_store_resume_and_end() {
 #[tokio::test]
 async fn resume_on_an_unknown_task_resets_to_the_unknown_snapshot() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--heartbeat-secs",
-        "1",
-    ])
-    .await;
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--heartbeat-secs", "1"])
+        .start()
+        .await;
     let task = unique_task("never");
     for (url, last_event_id) in [
         (format!("/v1/tasks/{task}/events"), Some(5)),
@@ -438,8 +422,7 @@ async fn resume_on_an_unknown_task_resets_to_the_unknown_snapshot() {
 #[tokio::test]
 async fn last_event_id_wins_over_after() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let p = publisher(&redis).await;
     let task = unique_task("both");
     for i in 1..=5 {

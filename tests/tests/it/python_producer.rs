@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sluice_shared::{shard_of, TaskId, TaskKeys, DEFAULT_SHARDS};
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, SseClient};
+use sluice_tests::{unique_task, DeliveryLog, RedisFixture, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -84,9 +84,8 @@ fn python_shard_hash_matches_rust() {
 #[tokio::test]
 async fn python_producer_events_arrive_through_an_edge() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
     // The edge loads the function at start (as in a deployment).
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let task = unique_task("py");
 
     // A client follows the task before anything is published: it waits.
@@ -218,7 +217,7 @@ async fn python_producer_loads_the_function_on_a_fresh_redis() {
         .collect();
     assert_eq!(seqs, vec![&json!(1), &json!(2), &json!(3)]);
     // An edge started afterwards reads them from the task log.
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let edge = TestEdge::on(&redis.url()).start().await;
     let h: Vec<Value> = reqwest::get(edge.url(&format!("/v1/tasks/{task}/history?after=0")))
         .await
         .expect("history")

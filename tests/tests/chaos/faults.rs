@@ -9,8 +9,8 @@
 //! clients, publish time and fault lengths up (see `tests/RELIABILITY.md`):
 //!
 //! ```sh
-//! cargo test -p sluice-tests --test chaos -- --nocapture
-//! SLUICE_CHAOS_LONG=1 cargo test -p sluice-tests --test chaos -- --nocapture
+//! cargo test -p sluice-tests --test chaos -- --nocapture faults::
+//! SLUICE_CHAOS_LONG=1 cargo test -p sluice-tests --test chaos -- --nocapture faults::
 //! ```
 //!
 //! The scenarios take a lock so they run one at a time (each loads the two
@@ -24,7 +24,7 @@ use sluice_tests::chaos::{
     exclusive, ChaosRedis, EdgeProcess, Fleet, FleetSpec, FleetVerdict, PausableProxy, Producer,
     ProducerSpec,
 };
-use sluice_tests::{spawn_edge, unique_task, EdgeHandle};
+use sluice_tests::{unique_task, EdgeHandle, TestEdge};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -89,28 +89,24 @@ fn fleet_spec(tasks: &[String], clients: usize, edges: Vec<SocketAddr>) -> Fleet
     }
 }
 
-/// Edge flags of every scenario: open auth, a 1 s heartbeat (SSE comment
-/// and WebSocket ping), a short drain.
+/// Edge flags of every scenario besides open auth: a 1 s heartbeat (SSE
+/// comment and WebSocket ping), a short drain.
+const EDGE_FLAGS: [&str; 4] = ["--heartbeat-secs", "1", "--drain-secs", "1"];
+
+/// The whole command line of an edge process on `url` (open auth and
+/// [`EDGE_FLAGS`]).
 fn edge_args(url: &str) -> Vec<String> {
-    [
-        "--redis-url",
-        url,
-        "--insecure",
-        "--heartbeat-secs",
-        "1",
-        "--drain-secs",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["--redis-url", url, "--insecure"]
+        .into_iter()
+        .chain(EDGE_FLAGS)
+        .map(String::from)
+        .collect()
 }
 
 async fn in_process_edges(url: &str, n: usize) -> Vec<EdgeHandle> {
-    let args = edge_args(url);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut edges = Vec::new();
     for _ in 0..n {
-        edges.push(spawn_edge(&args).await);
+        edges.push(TestEdge::on(url).args(&EDGE_FLAGS).start().await);
     }
     edges
 }

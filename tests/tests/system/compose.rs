@@ -230,10 +230,7 @@ async fn wait_all_up(http: &reqwest::Client, stats: &str, deadline: Duration) {
     loop {
         let s = lb_status(http, stats).await;
         let up = |k: &str| s.get(k).map(String::as_str) == Some("UP");
-        if EDGES
-            .iter()
-            .all(|e| up(e) && up(&format!("streams/{e}")))
-        {
+        if EDGES.iter().all(|e| up(e) && up(&format!("streams/{e}"))) {
             return;
         }
         assert!(Instant::now() < end, "edges not all UP in HAProxy: {s:?}");
@@ -453,6 +450,7 @@ async fn collect(clients: Vec<tokio::task::JoinHandle<Report>>, last: u64) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_stack_survives_kill_and_rolling_restart() {
     sluice_tests::init_logs();
+    let _one = sluice_tests::chaos::exclusive().await;
     let t0 = Instant::now();
     let cmd = compose_cmd();
     require_images();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::Publisher;
-use sluice_tests::{spawn_edge, unique_task, SseClient};
+use sluice_tests::{free_port, unique_task, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -41,14 +41,6 @@ impl Drop for TlsRedis {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -195,9 +187,7 @@ struct EdgeProc {
 
 impl EdgeProc {
     async fn spawn(args: &[&str], envs: &[(&str, &Path)], log: PathBuf) -> EdgeProc {
-        let bin = tokio::task::spawn_blocking(sluice_tests::chaos::process::edge_binary)
-            .await
-            .expect("build sluice-edge");
+        let bin = sluice_tests::bins::bin_async("sluice-edge").await;
         let addr: std::net::SocketAddr =
             format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let file = std::fs::File::create(&log).expect("log file");
@@ -267,7 +257,7 @@ async fn edge_and_publisher_over_tls() {
     p.publish(&task, "progress", &json!(1))
         .await
         .expect("publish");
-    let edge = spawn_edge(&["--redis-url", &url, "--insecure"]).await;
+    let edge = TestEdge::on(&url).start().await;
     let mut c =
         SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=0")), None).await;
     assert_eq!(c.next_event(T).await.expect("history").seq(), Some(1));

@@ -9,7 +9,9 @@ use futures_util::StreamExt;
 use serde_json::json;
 use sluice_broker::Publisher;
 use sluice_tests::chaos::proxy::PausableProxy;
-use sluice_tests::{spawn_edge, unique_task, DeliveryLog, RedisFixture, WsClient, WsItem};
+use sluice_tests::{
+    spawn_edge, unique_task, DeliveryLog, RedisFixture, TestEdge, WsClient, WsItem,
+};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -61,9 +63,8 @@ fn raw_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 #[tokio::test]
 async fn websocket_snapshot_live_resume_and_end() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let a = spawn_edge(&["--redis-url", &redis.url(), "--insecure", "--node-id", "wa"]).await;
-    let b = spawn_edge(&["--redis-url", &redis.url(), "--insecure", "--node-id", "wb"]).await;
+    let (redis, a) = TestEdge::redis().node("wa").start().await;
+    let b = TestEdge::on(&redis.url()).node("wb").start().await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
     let task = unique_task("ws");
     for i in 1..=3 {

@@ -5,14 +5,13 @@
 use std::time::Duration;
 
 use sluice_tests::load::{self, LoadConfig, Transport};
-use sluice_tests::{spawn_edge, RedisFixture};
+use sluice_tests::TestEdge;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_smoke_sse_and_ws_exact() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let url = redis.url();
-    let edge = spawn_edge(&["--redis-url", &url, "--insecure"]).await;
 
     let mut cfg = LoadConfig::new(edge.addr, url.clone());
     cfg.transport = Transport::Mixed;

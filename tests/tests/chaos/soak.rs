@@ -28,8 +28,8 @@
 //! of at most [`WARM_UP_SECS`], then the final events.
 //!
 //! ```sh
-//! cargo test -p sluice-tests --test soak -- --nocapture
-//! SLUICE_SOAK_SECS=600 cargo test -p sluice-tests --test soak -- --nocapture
+//! cargo test -p sluice-tests --test chaos -- --nocapture soak::
+//! SLUICE_SOAK_SECS=600 cargo test -p sluice-tests --test chaos -- --nocapture soak::
 //! ```
 
 use std::collections::HashMap;
@@ -301,6 +301,7 @@ async fn run_fleet(url: &str, edge: &EdgeProcess, fd_peak: &FdPeak, secs: u64) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_rss_and_fds_stay_flat() {
     sluice_tests::init_logs();
+    let _one = sluice_tests::chaos::exclusive().await;
     let secs: u64 = std::env::var("SLUICE_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())

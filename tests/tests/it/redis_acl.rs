@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::Publisher;
-use sluice_tests::{spawn_edge, unique_task, RedisFixture, SseClient};
+use sluice_tests::{unique_task, RedisFixture, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -49,14 +49,10 @@ async fn edge_and_producer_work_under_minimal_acls() {
         redis.port
     );
 
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &edge_url,
-        "--insecure",
-        "--publish-key",
-        "pk",
-    ])
-    .await;
+    let edge = TestEdge::on(&edge_url)
+        .args(&["--publish-key", "pk"])
+        .start()
+        .await;
     let p = Publisher::connect(&producer_url)
         .await
         .expect("producer connects and loads the function");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use sluice_broker::Publisher;
 use sluice_shared::token::Claims;
-use sluice_tests::{spawn_edge, unique_task, RedisFixture, SseClient, WsClient, WsItem};
+use sluice_tests::{unique_task, RedisFixture, SseClient, TestEdge, WsClient, WsItem};
 
 const T: Duration = Duration::from_secs(10);
 const S1: &str = "first-secret-0123456789";
@@ -59,9 +59,12 @@ async fn status_and_error(
 #[tokio::test]
 async fn tokens_gate_every_read_endpoint() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
     let secrets = format!("{S1},{S2}");
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--auth-secret", &secrets]).await;
+    let (redis, edge) = TestEdge::redis()
+        .secure()
+        .args(&["--auth-secret", &secrets])
+        .start()
+        .await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
     let task = format!("reports-{}", unique_task("auth"));
     let other = unique_task("other");
@@ -174,19 +177,14 @@ async fn tokens_gate_every_read_endpoint() {
 #[tokio::test]
 async fn publish_keys_and_secure_defaults() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
     let client = reqwest::Client::new();
     let task = unique_task("pubkey");
 
     // Keys configured (two, for rotation): missing or wrong is 401.
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--publish-key",
-        "k-one,k-two",
-    ])
-    .await;
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--publish-key", "k-one,k-two"])
+        .start()
+        .await;
     let url = edge.url(&format!("/v1/tasks/{task}/events"));
     let body = json!({"type": "progress", "data": {"pct": 1}});
     let r = client.post(&url).json(&body).send().await.expect("post");
@@ -233,7 +231,7 @@ async fn publish_keys_and_secure_defaults() {
     drop(edge);
 
     // No key configured and not demo: publishing over HTTP is refused.
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let edge = TestEdge::on(&redis.url()).start().await;
     let r = client
         .post(edge.url(&format!("/v1/tasks/{task}/events")))
         .json(&body)
@@ -277,35 +275,8 @@ async fn publish_keys_and_secure_defaults() {
     }
 }
 
-/// Every malformed input gets a 4xx with the JSON error body, never a 500,
-/// never a crash, and never touches stored data.
-#[tokio::test]
-async fn bad_input_is_refused_without_touching_data() {
-    sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--publish-key",
-        "pk",
-    ])
-    .await;
-    let p = Publisher::connect(&redis.url()).await.expect("publisher");
-    let task = unique_task("input");
-    p.publish(&task, "progress", &json!({"pct": 5}))
-        .await
-        .expect("publish");
-    let client = reqwest::Client::new();
-    let before: serde_json::Value = client
-        .get(edge.url(&format!("/v1/tasks/{task}")))
-        .send()
-        .await
-        .expect("g")
-        .json()
-        .await
-        .expect("j");
-
+/// Malformed task ids, on every read endpoint: 400.
+async fn bad_task_ids_are_refused(client: &reqwest::Client, edge: &sluice_tests::EdgeHandle) {
     let long_id = "x".repeat(129);
     let bad_tasks = [
         "a%20b",
@@ -322,10 +293,14 @@ async fn bad_input_is_refused_without_touching_data() {
             format!("/v1/tasks/{t}/history"),
             format!("/v1/tasks/{t}/events"),
         ] {
-            let (status, _) = status_and_error(&client, &edge.url(&path), None).await;
+            let (status, _) = status_and_error(client, &edge.url(&path), None).await;
             assert_eq!(status, 400, "{path}");
         }
     }
+}
+
+/// Malformed `Last-Event-ID` and `?after=`: 400 `invalid_resume_point`.
+async fn bad_resume_points_are_refused(edge: &sluice_tests::EdgeHandle, task: &str) {
     let sse = edge.url(&format!("/v1/tasks/{task}/events"));
     for id in ["abc", "-1", "1.5", "99999999999999999999999", "0x10", " "] {
         let c = SseClient::connect_with(&sse, None, &[("last-event-id", id)]).await;
@@ -341,9 +316,17 @@ async fn bad_input_is_refused_without_touching_data() {
             "{q}"
         );
     }
+}
+
+/// Malformed history queries: 400 `invalid_*`.
+async fn bad_history_queries_are_refused(
+    client: &reqwest::Client,
+    edge: &sluice_tests::EdgeHandle,
+    task: &str,
+) {
     for q in ["limit=0", "limit=-1", "limit=1001", "limit=x", "after=1e3"] {
         let (status, code) = status_and_error(
-            &client,
+            client,
             &edge.url(&format!("/v1/tasks/{task}/history?{q}")),
             None,
         )
@@ -351,8 +334,15 @@ async fn bad_input_is_refused_without_touching_data() {
         assert_eq!(status, 400, "{q}");
         assert!(code.starts_with("invalid_"), "{code}");
     }
+}
 
-    // Publish bodies.
+/// Malformed, oversized or invalid publish bodies: 400 or 413, with the
+/// JSON error body.
+async fn bad_publish_bodies_are_refused(
+    client: &reqwest::Client,
+    edge: &sluice_tests::EdgeHandle,
+    task: &str,
+) {
     let url = edge.url(&format!("/v1/tasks/{task}/events"));
     let deep = format!(
         "{{\"type\":\"x\",\"data\":{}{}}}",
@@ -387,17 +377,27 @@ async fn bad_input_is_refused_without_touching_data() {
         let e: serde_json::Value = r.json().await.expect("JSON error body");
         assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
     }
-    // Wrong method, unknown path: JSON too.
+}
+
+/// Wrong method, unknown path: JSON too.
+async fn wrong_method_and_unknown_path_answer_json(
+    client: &reqwest::Client,
+    edge: &sluice_tests::EdgeHandle,
+    task: &str,
+) {
+    let url = edge.url(&format!("/v1/tasks/{task}/events"));
     let r = client.delete(&url).send().await.expect("delete");
     assert_eq!(r.status(), 405);
     assert_eq!(
         r.json::<serde_json::Value>().await.expect("json")["error"],
         json!("method_not_allowed")
     );
-    let (status, code) = status_and_error(&client, &edge.url("/v2/nothing"), None).await;
+    let (status, code) = status_and_error(client, &edge.url("/v2/nothing"), None).await;
     assert_eq!((status, code.as_str()), (404, "not_found"));
+}
 
-    // A WebSocket client sending an oversized message is closed (1009).
+/// A WebSocket client sending an oversized message is closed (1009).
+async fn oversized_websocket_message_closes(edge: &sluice_tests::EdgeHandle, task: &str) {
     let mut c = WsClient::connect(&format!("ws://{}/v1/tasks/{task}/ws", edge.addr))
         .await
         .expect("ws");
@@ -415,6 +415,38 @@ async fn bad_input_is_refused_without_touching_data() {
         WsItem::Closed(code) => assert_eq!(code, Some(1009), "close code"),
         WsItem::Envelope(v) => panic!("expected a close, got {v}"),
     }
+}
+
+/// Every malformed input gets a 4xx with the JSON error body, never a 500,
+/// never a crash, and never touches stored data.
+#[tokio::test]
+async fn bad_input_is_refused_without_touching_data() {
+    sluice_tests::init_logs();
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--publish-key", "pk"])
+        .start()
+        .await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = unique_task("input");
+    p.publish(&task, "progress", &json!({"pct": 5}))
+        .await
+        .expect("publish");
+    let client = reqwest::Client::new();
+    let before: serde_json::Value = client
+        .get(edge.url(&format!("/v1/tasks/{task}")))
+        .send()
+        .await
+        .expect("g")
+        .json()
+        .await
+        .expect("j");
+
+    bad_task_ids_are_refused(&client, &edge).await;
+    bad_resume_points_are_refused(&edge, &task).await;
+    bad_history_queries_are_refused(&client, &edge, &task).await;
+    bad_publish_bodies_are_refused(&client, &edge, &task).await;
+    wrong_method_and_unknown_path_answer_json(&client, &edge, &task).await;
+    oversized_websocket_message_closes(&edge, &task).await;
 
     // Nothing changed in the store, and the node still serves.
     let after: serde_json::Value = client
@@ -443,8 +475,7 @@ async fn bad_input_is_refused_without_touching_data() {
 #[tokio::test]
 async fn corrupt_stream_entries_are_skipped() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&["--redis-url", &redis.url(), "--insecure"]).await;
+    let (redis, edge) = TestEdge::redis().start().await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
     let task = unique_task("corrupt");
     p.publish(&task, "progress", &json!(1))
@@ -597,10 +628,10 @@ struct LoggedEdge {
 impl LoggedEdge {
     async fn start(args: &[&str], rust_log: &str) -> LoggedEdge {
         use tokio::io::AsyncReadExt;
-        let bin = tokio::task::spawn_blocking(sluice_tests::chaos::process::edge_binary)
+        let bin = tokio::task::spawn_blocking(|| sluice_tests::bins::bin("sluice-edge"))
             .await
             .expect("build sluice-edge");
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", sluice_tests::chaos::free_port())
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", sluice_tests::free_port())
             .parse()
             .expect("addr");
         let mut child = tokio::process::Command::new(bin)

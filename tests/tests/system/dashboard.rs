@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
-use sluice_tests::{spawn_edge, unique_task, RedisFixture};
+use sluice_tests::{unique_task, TestEdge};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -35,10 +35,7 @@ impl Driver {
                 "{path} is missing: run tests/setup.sh (installs Debian's {pkg})"
             );
         }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr").port()
-        };
+        let port = sluice_tests::free_port();
         let child = tokio::process::Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
@@ -155,10 +152,18 @@ fn artifacts() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
+    let _one = sluice_tests::chaos::exclusive().await;
+    // The demo edge runs without `--insecure`: `--demo` opens it.
+    let (redis, demo) = TestEdge::redis()
+        .secure()
+        .args(&["--demo", "--drain-secs", "1"])
+        .start()
+        .await;
     let url = redis.url();
-    let demo = spawn_edge(&["--redis-url", &url, "--demo", "--drain-secs", "1"]).await;
-    let other = spawn_edge(&["--redis-url", &url, "--insecure", "--drain-secs", "1"]).await;
+    let other = TestEdge::on(&url)
+        .args(&["--drain-secs", "1"])
+        .start()
+        .await;
     let task = unique_task("dash");
 
     let driver = Driver::start().await;
@@ -311,7 +316,11 @@ async fn dashboard_in_headless_chromium() {
 #[tokio::test]
 async fn stats_stream_on_memory_store_ends_on_drain() {
     sluice_tests::init_logs();
-    let edge = spawn_edge(&["--demo", "--drain-secs", "1"]).await;
+    let edge = TestEdge::memory()
+        .secure()
+        .args(&["--demo", "--drain-secs", "1"])
+        .start()
+        .await;
     let page = reqwest::get(edge.url("/")).await.expect("page");
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-type"]

@@ -5,16 +5,12 @@
 //! node removes itself; `sluice status` shows nodes, feed lengths and lag.
 //!
 //! The killed node must be a separate process, so this file runs the real
-//! binaries (`sluice-edge`, and `sluice` for `status`). Cargo only gives an
-//! integration test the binaries of its own package (`CARGO_BIN_EXE_*`), so
-//! [`bin`] runs `cargo build --bins -p sluice-edge -p sluice-broker` once
-//! into the target directory this test executable lives in (a no-op when
-//! they are up to date; `cargo test` releases the build lock before it runs
-//! tests). Set `SLUICE_TEST_BIN_DIR` to use binaries built elsewhere.
+//! binaries (`sluice-edge`, and `sluice` for `status`), built on first use
+//! by `sluice_tests::bins` (`SLUICE_TEST_BIN_DIR` to use binaries built
+//! elsewhere).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
@@ -23,74 +19,13 @@ use sluice_broker::nodes::NodeInfo;
 use sluice_broker::Publisher;
 use sluice_edge::registry::Registry;
 use sluice_shared::keys;
-use sluice_tests::{spawn_edge, unique_task, wait_until, RedisFixture, SseClient};
+use sluice_tests::{unique_task, wait_until, RedisFixture, SseClient, TestEdge};
 
 const GRACE_SECS: u64 = 2;
 const T: Duration = Duration::from_secs(20);
 
-/// Where the workspace's binaries are, built on first use.
 fn bin(name: &str) -> PathBuf {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = DIR.get_or_init(build_binaries);
-    match dir {
-        Ok(d) => d.join(name),
-        Err(e) => panic!("{e}"),
-    }
-}
-
-fn build_binaries() -> Result<PathBuf, String> {
-    if let Ok(dir) = std::env::var("SLUICE_TEST_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    // <target>/<profile>/deps/<this test>
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or("unexpected test executable path")?
-        .to_path_buf();
-    let target = profile_dir
-        .parent()
-        .ok_or("unexpected test executable path")?;
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug")
-        .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace dir")?;
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.current_dir(workspace)
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "sluice-edge",
-            "-p",
-            "sluice-broker",
-        ])
-        .arg("--target-dir")
-        .arg(target);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    let started = Instant::now();
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run cargo to build the binaries: {e}"))?;
-    if !status.success() {
-        return Err(format!("building the binaries failed: {status}"));
-    }
-    eprintln!("binaries ready in {:.1}s", started.elapsed().as_secs_f64());
-    Ok(profile_dir)
+    sluice_tests::bins::bin(name)
 }
 
 async fn binaries_ready() {
@@ -191,14 +126,10 @@ async fn killed_node_is_removed_by_survivors() {
     let redis = RedisFixture::start().await;
     let url = redis.url();
     let grace = GRACE_SECS.to_string();
-    let survivor = spawn_edge(&[
-        "--redis-url",
-        &url,
-        "--insecure",
-        "--node-grace-secs",
-        &grace,
-    ])
-    .await;
+    let survivor = TestEdge::on(&url)
+        .args(&["--node-grace-secs", &grace])
+        .start()
+        .await;
     let victim_id = unique_task("victim");
     let mut victim = EdgeProcess::start(&url, &victim_id);
     let mut conn = redis.conn().await;
@@ -406,9 +337,7 @@ async fn janitors_never_both_remove_a_node() {
 #[tokio::test]
 async fn drained_node_removes_itself() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let url = redis.url();
-    let edge = spawn_edge(&["--redis-url", &url, "--insecure", "--drain-secs", "0"]).await;
+    let (redis, edge) = TestEdge::redis().args(&["--drain-secs", "0"]).start().await;
     let id = edge.state.node_id.clone();
     let mut conn = redis.conn().await;
     wait_until("node registered", T, || {

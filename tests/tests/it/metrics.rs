@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::json;
-use sluice_tests::{spawn_edge, unique_task, RedisFixture, SseClient};
+use sluice_tests::{unique_task, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -236,17 +236,10 @@ fn exposition_lookups_are_exact() {
 #[tokio::test]
 async fn metrics_after_a_known_workload() {
     sluice_tests::init_logs();
-    let redis = RedisFixture::start().await;
-    let edge = spawn_edge(&[
-        "--redis-url",
-        &redis.url(),
-        "--insecure",
-        "--publish-key",
-        "pk",
-        "--max-connections",
-        "1",
-    ])
-    .await;
+    let (_redis, edge) = TestEdge::redis()
+        .args(&["--publish-key", "pk", "--max-connections", "1"])
+        .start()
+        .await;
     let client = reqwest::Client::new();
     let task = unique_task("metrics");
     let url = edge.url(&format!("/v1/tasks/{task}/events"));

@@ -1,0 +1,25 @@
+//! The integration tests that can share a process: each starts its own
+//! Redis container (or none) and edge nodes, and uses task ids of its own
+//! (`unique_task`), so they run in parallel (`--test-threads`). Tests that
+//! read an edge's node-wide counters (`metrics`, `protections`) start an
+//! edge of their own for it.
+//!
+//! ```sh
+//! cargo test -p sluice-tests --test it                 # all of them
+//! cargo test -p sluice-tests --test it -- sse_resume::  # one area
+//! ```
+
+mod fuzz_inputs;
+mod k8s_manifests;
+mod load_smoke;
+mod metrics;
+mod protections;
+mod publisher;
+mod python_producer;
+mod redis_acl;
+mod redis_tls;
+mod registry;
+mod security;
+mod sse_resume;
+mod store_conformance;
+mod websocket;
