@@ -12,6 +12,11 @@ tests/setup.sh
 printf '\n==> cargo fmt --check\n'
 cargo fmt --all -- --check
 
+printf '\n==> no module imports from a module that imports it\n'
+for crate in shared broker edge tests; do
+  python3 .ci/import_cycles.py "$crate/src"
+done
+
 printf '\n==> cargo clippy (deny warnings)\n'
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -12,7 +12,7 @@ use sluice_edge::{Config, Node};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::RedisFixture;
+use crate::redis_fixture::RedisFixture;
 
 pub struct EdgeHandle {
     pub addr: SocketAddr,
@@ -73,7 +73,7 @@ pub async fn spawn_edge(args: &[&str]) -> EdgeHandle {
     };
     let client = reqwest::Client::new();
     let url = edge.url("/readyz");
-    crate::wait_until("edge ready", Duration::from_secs(10), || {
+    crate::util::wait_until("edge ready", Duration::from_secs(10), || {
         let client = client.clone();
         let url = url.clone();
         async move { matches!(client.get(&url).send().await, Ok(r) if r.status().is_success()) }

@@ -11,6 +11,9 @@
 //! - [`bins`]: the workspace's binaries, built on first use, for tests that
 //!   run them as processes.
 //!
+//! - [`util`]: unique task ids, free ports, logs, waiting on a condition
+//!   (re-exported at the root).
+//!
 //! Clients and judges:
 //! - [`sse`]: the one SSE parser ([`sse::SseLines`], [`sse::SseDecoder`]),
 //!   [`SseClient`] over reqwest and [`sse::RawSse`] on a raw socket.
@@ -41,60 +44,12 @@ pub mod edge;
 pub mod load;
 pub mod redis_fixture;
 pub mod sse;
+pub mod util;
 pub mod ws;
 
 pub use checker::DeliveryLog;
 pub use edge::{spawn_edge, EdgeHandle, TestEdge};
 pub use redis_fixture::RedisFixture;
 pub use sse::{SseClient, SseFrame};
+pub use util::{free_port, init_logs, unique_task, wait_until};
 pub use ws::{WsClient, WsItem};
-
-/// A loopback TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Installs a test log subscriber once (`RUST_LOG` controls it).
-pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// A task id unique to one test (tests share nothing but the machine).
-pub fn unique_task(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
-}
-
-/// Polls `f` until it returns true or `deadline` passes.
-pub async fn wait_until<F, Fut>(what: &str, deadline: std::time::Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if f().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
