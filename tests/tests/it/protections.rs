@@ -337,3 +337,64 @@ async fn connect_rate_limit_refuses_bursts_with_jittered_retry_after() {
     assert!(ok.len() >= 5 && ok.len() < 20, "{} admitted", ok.len());
     assert_eq!(refused + ok.len(), 20);
 }
+
+/// The node raises its open-file soft limit to the hard one at start, and
+/// refuses to start (exit 2, one line) when `--max-connections` cannot fit
+/// under the hard limit: a node that runs out of descriptors under load
+/// cannot accept anything, not even `/healthz`.
+#[tokio::test]
+async fn max_connections_must_fit_under_the_open_file_limit() {
+    let bin = sluice_tests::bins::bin_async("sluice-edge").await;
+    let run = |nofile: &'static str, max: &'static str| {
+        let bin = bin.clone();
+        async move {
+            let mut cmd = tokio::process::Command::new("prlimit");
+            cmd.arg(format!("--nofile={nofile}"))
+                .arg(&bin)
+                .args(["--insecure", "--listen", "127.0.0.1:0"])
+                .args(["--max-connections", max])
+                .kill_on_drop(true)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().expect("prlimit (util-linux) runs")
+        }
+    };
+    // Does not fit: exit 2 with one clear line.
+    let out = tokio::time::timeout(T, run("1024:1024", "1000").await.wait_with_output())
+        .await
+        .expect("the node must refuse to start, not run")
+        .expect("exit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("sluice-edge:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("--max-connections 1000") && lines[0].contains("1024"),
+        "{err}"
+    );
+    // Fits once the soft limit is raised to the hard one: the node starts
+    // and logs the limit in force.
+    let mut child = run("1024:4096", "1000").await;
+    let mut stderr = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let found = tokio::time::timeout(T, async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stderr.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return false;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains("open_files") && seen.contains("4096") {
+                return true;
+            }
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    assert_eq!(found, Ok(true), "{seen}");
+}
