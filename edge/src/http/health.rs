@@ -24,19 +24,7 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(status): State<Arc<NodeStatus>>) -> Response {
     let reasons = status.unready_reasons().await;
-    let body = serde_json::json!({
-        "ready": reasons.is_empty(),
-        "node": status.node_id,
-        "reasons": reasons,
-        "connections": status.limits.in_use(),
-        "max_connections": status.limits.max(),
-    });
-    let code = if reasons.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
+    verdict(&status, "ready", reasons)
 }
 
 /// 200 when the node is ready and can take another stream; 503 with the
@@ -46,14 +34,21 @@ pub async fn capacity(State(status): State<Arc<NodeStatus>>) -> Response {
     if status.limits.at_limit() {
         reasons.push("at connection limit");
     }
+    verdict(&status, "available", reasons)
+}
+
+/// 200 with `{<flag>: true, ...}` when there is no reason against, else 503
+/// with the reasons; both with the node's connection figures.
+fn verdict(status: &NodeStatus, flag: &str, reasons: Vec<&'static str>) -> Response {
+    let ok = reasons.is_empty();
     let body = serde_json::json!({
-        "available": reasons.is_empty(),
+        flag: ok,
         "node": status.node_id,
         "reasons": reasons,
         "connections": status.limits.in_use(),
         "max_connections": status.limits.max(),
     });
-    let code = if reasons.is_empty() {
+    let code = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
