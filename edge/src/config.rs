@@ -13,6 +13,11 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
 pub const DEFAULT_NODE_GRACE_SECS: u64 = 30;
+/// Open TCP connections allowed beyond `--max-connections` by default (for
+/// publishes, snapshots, health checks and keep-alive).
+pub const DEFAULT_EXTRA_OPEN_CONNECTIONS: usize = 256;
+pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 20;
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -49,6 +54,31 @@ pub struct Config {
     /// Most client connections (SSE + WebSocket) this node holds.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Most open TCP connections of any kind (streams, requests, idle
+    /// keep-alive); over it a connection is answered 503 at once and closed.
+    /// Default: --max-connections plus 256.
+    #[arg(long, env = "SLUICE_MAX_OPEN_CONNECTIONS")]
+    pub max_open_connections: Option<usize>,
+
+    /// Seconds a connection may take to send a complete request head,
+    /// counted from when it opened or its previous response ended (also
+    /// the idle keep-alive timeout).
+    #[arg(long, env = "SLUICE_HEAD_TIMEOUT_SECS", default_value_t = DEFAULT_HEAD_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub head_timeout_secs: u64,
+
+    /// Seconds a request may take to send its whole body (publish);
+    /// slower requests are answered 408.
+    #[arg(long, env = "SLUICE_BODY_TIMEOUT_SECS", default_value_t = DEFAULT_BODY_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_secs: u64,
+
+    /// Seconds a peer may accept no bytes of a write before its connection
+    /// is closed ("stalled"). Default: two heartbeat intervals.
+    #[arg(long, env = "SLUICE_WRITE_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub write_timeout_secs: Option<u64>,
 
     /// Most new connections per second (token bucket; 0 = unlimited).
     #[arg(long, env = "SLUICE_MAX_CONNECT_RATE", default_value_t = 0)]
@@ -140,6 +170,9 @@ impl Config {
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }
+        if self.max_open_connections() < self.max_connections {
+            return Err("--max-open-connections must be at least --max-connections".into());
+        }
         Ok(())
     }
 
@@ -152,6 +185,24 @@ impl Config {
 
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
+    }
+
+    /// The limit on open TCP connections of any kind.
+    pub fn max_open_connections(&self) -> usize {
+        self.max_open_connections
+            .unwrap_or(self.max_connections + DEFAULT_EXTRA_OPEN_CONNECTIONS)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs.unwrap_or(2 * self.heartbeat_secs))
+    }
+
+    pub fn head_timeout(&self) -> Duration {
+        Duration::from_secs(self.head_timeout_secs)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
     }
 
     pub fn drain(&self) -> Duration {

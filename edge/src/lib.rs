@@ -12,6 +12,8 @@
 //! - [`node`]: a node's lifetime: starts its parts and tasks, drains and
 //!   stops them in order. [`lifecycle`]: the "draining" fact and the
 //!   tracker every node task runs on.
+//! - [`server`]: the accept loop: every TCP connection counted and bounded,
+//!   head and write deadlines, HTTP/1.1 served by hyper on the node's tasks.
 //! - [`http`]: the router, request extractors, admission, and one thin
 //!   handler module per endpoint family (tasks, publish, sse, ws, health,
 //!   dashboard); its state is one part per concern.
@@ -48,6 +50,7 @@ pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod registry;
+pub mod server;
 pub mod session;
 pub mod status;
 pub mod store;

@@ -12,7 +12,7 @@ async fn main() -> std::process::ExitCode {
         eprintln!("sluice-edge: {e}");
         return std::process::ExitCode::from(2);
     }
-    match sluice_edge::fdlimit::ensure(config.max_connections) {
+    match sluice_edge::fdlimit::ensure(config.max_connections, config.max_open_connections()) {
         Ok(limit) => tracing::info!(open_files = limit, "open-file limit"),
         Err(e) => {
             eprintln!("sluice-edge: {e}");

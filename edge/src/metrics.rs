@@ -87,6 +87,20 @@ pub struct Metrics {
     pub redis_duration: Family<OpLabel, Histogram, fn() -> Histogram>,
     pub redis_errors: Family<OpLabel, Counter>,
     pub feed_lag: Family<ShardLabel, Gauge>,
+    /// Open TCP connections: streams, requests and idle keep-alive.
+    pub tcp_connections: Gauge,
+    /// TCP connections answered 503 and closed: over `--max-open-connections`.
+    pub tcp_refused: Counter,
+    /// Accepts that failed for lack of resources (EMFILE, ENFILE, ...).
+    pub accept_errors: Counter,
+    /// Connections closed because the peer accepted no bytes for the write
+    /// timeout.
+    pub write_stalls: Counter,
+    /// Connections closed because no complete request head arrived within
+    /// the head timeout (slowloris, idle keep-alive).
+    pub head_timeouts: Counter,
+    /// Requests whose body did not arrive within the body timeout.
+    pub body_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -143,6 +157,12 @@ impl Metrics {
             redis_duration: Family::new_with_constructor(redis_histogram as fn() -> Histogram),
             redis_errors: Family::default(),
             feed_lag: Family::default(),
+            tcp_connections: Gauge::default(),
+            tcp_refused: Counter::default(),
+            accept_errors: Counter::default(),
+            write_stalls: Counter::default(),
+            head_timeouts: Counter::default(),
+            body_timeouts: Counter::default(),
         }
     }
 }
@@ -258,6 +278,36 @@ impl Metrics {
             "Publish timestamp to socket write",
             prometheus_client::registry::Unit::Seconds,
             self.delivery_latency.clone(),
+        );
+        r.register(
+            "tcp_connections",
+            "Open TCP connections: streams, requests and idle keep-alive",
+            self.tcp_connections.clone(),
+        );
+        r.register(
+            "tcp_connections_refused",
+            "TCP connections answered 503 at once: over --max-open-connections",
+            self.tcp_refused.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Accepts that failed for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)",
+            self.accept_errors.clone(),
+        );
+        r.register(
+            "write_stalls",
+            "Connections closed because the peer took no bytes for --write-timeout-secs",
+            self.write_stalls.clone(),
+        );
+        r.register(
+            "head_timeouts",
+            "Connections closed without a complete request head within --head-timeout-secs",
+            self.head_timeouts.clone(),
+        );
+        r.register(
+            "body_timeouts",
+            "Requests refused 408: body not received within --body-timeout-secs",
+            self.body_timeouts.clone(),
         );
         r
     }

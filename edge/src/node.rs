@@ -30,6 +30,7 @@ use crate::hub::Hub;
 use crate::lifecycle::{Draining, Tasks};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::server::{self, Connections, ServerLimits};
 use crate::session::Sessions;
 use crate::status::NodeStatus;
 use crate::store::{FeedSink, Store};
@@ -55,7 +56,7 @@ pub struct Node {
     /// Phase 5: stops the registry, the demo producer and the server.
     stop_rest: CancellationToken,
     feed: AbortOnDropHandle<Option<()>>,
-    server: AbortOnDropHandle<Option<std::io::Result<()>>>,
+    server: AbortOnDropHandle<Option<()>>,
 }
 
 impl Node {
@@ -72,7 +73,11 @@ impl Node {
         let tasks = Tasks::new(root.clone());
         let (stop_feed, stop_rest) = (root.child_token(), root.child_token());
         let status = Arc::new(parts(config, node_id, store, Draining::child_of(&root)));
-        let app = http::router(app_state(config, &status, &tasks));
+        let body = http::body::BodyDeadline {
+            timeout: config.body_timeout(),
+            metrics: status.metrics.clone(),
+        };
+        let app = http::router(app_state(config, &status, &tasks), body);
         let feed = {
             let (store, stop) = (status.store.clone(), stop_feed.clone());
             let sink: Arc<dyn FeedSink> = status.hub.clone();
@@ -91,12 +96,18 @@ impl Node {
             stop_rest.clone(),
         )?;
         tracing::info!(node = %status.node_id, %addr, store = status.store.kind(), "sluice-edge serving");
-        let server = {
-            let stop = stop_rest.clone();
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            AbortOnDropHandle::new(tasks.spawn(async move { serve.await }))
-        };
+        let server = AbortOnDropHandle::new(tasks.spawn(server::serve(
+            listener,
+            app,
+            ServerLimits {
+                max_open: config.max_open_connections(),
+                head_timeout: config.head_timeout(),
+                write_timeout: config.write_timeout(),
+            },
+            status.connections.clone(),
+            tasks.clone(),
+            stop_rest.clone(),
+        )));
         abort_on_error.disarm();
         Ok(Node {
             status,
@@ -157,8 +168,7 @@ impl Node {
             );
         }
         match (&mut self.server).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => tracing::warn!(cause = %e, "server error at shutdown"),
+            Ok(Some(())) => {}
             Ok(None) => tracing::warn!("server did not stop within 5 s"),
             Err(e) => tracing::warn!(cause = %e, "server task failed"),
         }
@@ -192,6 +202,10 @@ fn parts(
             metrics.clone(),
         )),
         cluster: Arc::new(ClusterView::default()),
+        connections: Arc::new(Connections::new(
+            config.max_open_connections(),
+            metrics.clone(),
+        )),
         store,
         metrics,
         draining,

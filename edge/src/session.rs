@@ -19,6 +19,7 @@ use tokio::time::{Instant, Interval, Sleep};
 use crate::lifecycle::{Draining, Tasks};
 use crate::limits::{ConnGuard, Limits};
 use crate::metrics::{Metrics, Transport, TransportLabel};
+use crate::server::io::Peer;
 use crate::subscription::{Subscription, Subscriptions};
 use crate::wire::Event;
 
@@ -108,15 +109,18 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// `peer`: the socket's side of the connection (absent when the router
+    /// runs without the node's accept loop, as in unit tests).
     pub fn new(
         metrics: &Arc<Metrics>,
         transport: Transport,
         task: &TaskId,
         guard: ConnGuard,
+        peer: Option<Arc<Peer>>,
     ) -> Self {
         Conn {
             transport,
-            log: ConnLog::new(transport.as_str(), task),
+            log: ConnLog::new(transport.as_str(), task, peer),
             _alive: AliveGuard::new(metrics),
             _guard: guard,
         }
@@ -268,17 +272,19 @@ impl DrainTimer {
 }
 
 /// One log line per connection when it ends: transport, task, duration,
-/// events sent and why it ended.
+/// events sent and why it ended ("stalled" when the socket's write
+/// deadline closed it, whatever the transport saw of it).
 struct ConnLog {
     transport: &'static str,
     task: String,
     opened: std::time::Instant,
     events: u64,
     reason: &'static str,
+    peer: Option<Arc<Peer>>,
 }
 
 impl ConnLog {
-    fn new(transport: &'static str, task: &TaskId) -> Self {
+    fn new(transport: &'static str, task: &TaskId, peer: Option<Arc<Peer>>) -> Self {
         tracing::debug!(transport, task = %task, "connection opened");
         ConnLog {
             transport,
@@ -286,6 +292,18 @@ impl ConnLog {
             opened: std::time::Instant::now(),
             events: 0,
             reason: "client went away",
+            peer,
+        }
+    }
+}
+
+impl ConnLog {
+    /// Why the connection ended, as its log line says.
+    fn reason(&self) -> &'static str {
+        if self.peer.as_ref().is_some_and(|p| p.stalled()) {
+            "stalled"
+        } else {
+            self.reason
         }
     }
 }
@@ -297,7 +315,7 @@ impl Drop for ConnLog {
             task = %self.task,
             duration_ms = self.opened.elapsed().as_millis() as u64,
             events = self.events,
-            reason = self.reason,
+            reason = self.reason(),
             "connection closed"
         );
     }
@@ -317,5 +335,22 @@ impl AliveGuard {
 impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0.connection_tasks.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_socket_is_the_reason_whatever_the_transport_saw() {
+        let task = TaskId::parse("t1").expect("task id");
+        let peer = Arc::new(Peer::default());
+        let mut log = ConnLog::new("sse", &task, Some(peer.clone()));
+        assert_eq!(log.reason(), "client went away");
+        log.reason = End::WriteFailed.reason();
+        assert_eq!(log.reason(), "write failed or stalled");
+        peer.mark_stalled();
+        assert_eq!(log.reason(), "stalled");
     }
 }

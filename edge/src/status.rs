@@ -11,6 +11,7 @@ use crate::hub::Hub;
 use crate::lifecycle::Draining;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, Transport, TransportLabel};
+use crate::server::Connections;
 use crate::store::Store;
 
 pub struct NodeStatus {
@@ -24,6 +25,8 @@ pub struct NodeStatus {
     pub metrics: Arc<Metrics>,
     pub limits: Arc<Limits>,
     pub cluster: Arc<ClusterView>,
+    /// Open TCP connections and whether the node can accept more.
+    pub connections: Arc<Connections>,
     pub draining: Draining,
 }
 
@@ -32,15 +35,21 @@ impl NodeStatus {
         self.draining.is_draining()
     }
 
-    /// Why the node is not ready (empty when it is): draining, at its
-    /// connection limit, feed not attached, backend unreachable.
-    /// Why the node cannot serve requests at all (empty: ready). A node at
-    /// its connection limit is still ready: it serves publishes, snapshots
-    /// and history; only new streams are refused (see `/capacity`).
+    /// Why the node cannot serve requests at all (empty: ready): draining,
+    /// accepts failing (out of descriptors), at its limit of open TCP
+    /// connections, feed not attached, backend unreachable. A node at its
+    /// *stream* limit is still ready: it serves publishes, snapshots and
+    /// history; only new streams are refused (see `/capacity`).
     pub async fn unready_reasons(&self) -> Vec<&'static str> {
         let mut reasons = Vec::new();
         if self.is_draining() {
             reasons.push("draining");
+        }
+        if !self.connections.is_accepting() {
+            reasons.push("cannot accept connections");
+        }
+        if self.connections.at_limit() {
+            reasons.push("at open-connection limit");
         }
         if !self.hub.is_live() {
             reasons.push("feed not attached");

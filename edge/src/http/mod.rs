@@ -3,6 +3,7 @@
 //! ([`errors`]) and one thin handler module per endpoint family.
 
 pub mod admission;
+pub mod body;
 pub mod dashboard;
 pub mod errors;
 pub mod extract;
@@ -20,7 +21,7 @@ use axum::Router;
 pub use self::publish::Publishing;
 pub use self::state::AppState;
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, body: body::BodyDeadline) -> Router {
     Router::new()
         .route(
             "/v1/tasks/{task}/events",
@@ -36,6 +37,10 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard::page))
         .route("/v1/dashboard/events", get(dashboard::events))
         .fallback(errors::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            body,
+            body::read_within,
+        ))
         .layer(axum::middleware::map_response(errors::json_errors))
         .layer(DefaultBodyLimit::max(publish::MAX_BODY_BYTES))
         .with_state(state)

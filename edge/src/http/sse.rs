@@ -15,6 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::Stream;
 use rand::Rng;
 
@@ -22,6 +23,7 @@ use super::admission::admit;
 use super::extract::Subscribe;
 use crate::error::ApiError;
 use crate::metrics::Transport;
+use crate::server::io::Peer;
 use crate::session::{Conn, End, Framing, Session, Sessions};
 use crate::subscription::Opening;
 use crate::wire::Event;
@@ -33,6 +35,7 @@ pub const DRAIN_RETRY_MS: std::ops::Range<u64> = 100..1_000;
 
 pub async fn subscribe(
     State(sessions): State<Arc<Sessions>>,
+    peer: Option<Extension<Arc<Peer>>>,
     Subscribe { task, start }: Subscribe,
 ) -> Result<Response, ApiError> {
     let guard = admit(&sessions, Transport::Sse)?;
@@ -40,7 +43,8 @@ pub async fn subscribe(
         Opening::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
         Opening::Stream(sub) => sub,
     };
-    let conn = Conn::new(&sessions.metrics, Transport::Sse, sub.task(), guard);
+    let peer = peer.map(|Extension(p)| p);
+    let conn = Conn::new(&sessions.metrics, Transport::Sse, sub.task(), guard, peer);
     let session = Session::new(&sessions, conn, sub, SseFrames::start());
     Ok(event_stream(body(session)))
 }

@@ -16,6 +16,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use sluice_shared::TaskId;
@@ -26,6 +27,7 @@ use super::extract::Subscribe;
 use crate::error::ApiError;
 use crate::limits::ConnGuard;
 use crate::metrics::Transport;
+use crate::server::io::Peer;
 use crate::session::{Conn, End, Framing, Session, Sessions};
 use crate::subscription::{Opening, Start};
 use crate::wire::Event;
@@ -46,12 +48,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn subscribe(
     State(sessions): State<Arc<Sessions>>,
+    peer: Option<Extension<Arc<Peer>>>,
     Subscribe { task, start }: Subscribe,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let upgrade = upgrade
         .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
     let guard = admit(&sessions, Transport::Ws)?;
+    let peer = peer.map(|Extension(p)| p);
     let upgrade = upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
@@ -59,7 +63,7 @@ pub async fn subscribe(
     Ok(upgrade
         .on_upgrade(move |socket| {
             let tasks = sessions.tasks.clone();
-            let session = serve(sessions, socket, task, start, guard);
+            let session = serve(sessions, socket, task, start, guard, peer);
             async move {
                 tasks.track(session).await;
             }
@@ -74,8 +78,9 @@ async fn serve(
     task: TaskId,
     start: Start,
     guard: ConnGuard,
+    peer: Option<Arc<Peer>>,
 ) {
-    let mut conn = Conn::new(&sessions.metrics, Transport::Ws, &task, guard);
+    let mut conn = Conn::new(&sessions.metrics, Transport::Ws, &task, guard, peer);
     let mut frames = WsFrames::new(socket, sessions.heartbeat);
     let end = match sessions.subscriptions.open(task, start).await {
         Ok(Opening::Stream(sub)) => {
@@ -94,10 +99,13 @@ async fn serve(
 /// WebSocket framing: one text frame per envelope, pings as heartbeats
 /// (a peer that has not answered the previous one within two intervals is
 /// gone), and a close frame with a code for every way a session ends.
+/// Writes have no timer of their own: the socket's write deadline
+/// (`--write-timeout-secs`, [`crate::server::io`]) fails a write the peer
+/// does not take.
 struct WsFrames {
     tx: SplitSink<WebSocket, Message>,
     rx: SplitStream<WebSocket>,
-    /// The ping interval; a write must finish within two of them.
+    /// The ping interval.
     interval: Duration,
     last_pong: Instant,
     awaiting_pong: bool,
@@ -114,10 +122,6 @@ impl WsFrames {
             awaiting_pong: false,
         }
     }
-
-    fn write_deadline(&self) -> Duration {
-        self.interval * 2
-    }
 }
 
 impl Framing for WsFrames {
@@ -130,24 +134,19 @@ impl Framing for WsFrames {
                 return Err(End::WriteFailed);
             }
         }
-        match tokio::time::timeout(self.write_deadline(), self.tx.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::WriteFailed),
-        }
+        self.tx.flush().await.map_err(|_| End::WriteFailed)
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
         if self.awaiting_pong && self.last_pong.elapsed() > self.interval * 2 {
             return Err(End::PongTimeout);
         }
-        let deadline = self.write_deadline();
-        let ping = self.tx.send(Message::Ping(Default::default()));
-        match tokio::time::timeout(deadline, ping).await {
-            Ok(Ok(())) => {
+        match self.tx.send(Message::Ping(Default::default())).await {
+            Ok(()) => {
                 self.awaiting_pong = true;
                 Ok(())
             }
-            _ => Err(End::WriteFailed),
+            Err(_) => Err(End::WriteFailed),
         }
     }
 

@@ -253,6 +253,11 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
         &QUEUE.to_string(),
         "--history-page",
         &PAGE.to_string(),
+        // The client stalls for as long as 20 000 publishes take: longer
+        // than the default write timeout on a loaded machine. A client is
+        // caught up only if it reads again within the write timeout.
+        "--write-timeout-secs",
+        "600",
     ])
     .await;
     // The log must hold all 20 000 events, or catching up ends in a reset.
