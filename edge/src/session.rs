@@ -70,7 +70,7 @@ impl End {
             End::Finished => "task finished",
             End::Draining => "node draining",
             End::BackendUnavailable => "backend unavailable",
-            End::WriteFailed => "write failed or stalled",
+            End::WriteFailed => "write failed",
             End::PongTimeout => "pong timeout",
             End::PeerClosed => "client closed",
             End::TooBig => "message too big",
@@ -349,7 +349,7 @@ mod tests {
         let mut log = ConnLog::new("sse", &task, Some(peer.clone()));
         assert_eq!(log.reason(), "client went away");
         log.reason = End::WriteFailed.reason();
-        assert_eq!(log.reason(), "write failed or stalled");
+        assert_eq!(log.reason(), "write failed");
         peer.mark_stalled();
         assert_eq!(log.reason(), "stalled");
     }
