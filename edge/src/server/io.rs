@@ -5,6 +5,10 @@
 //! a WebSocket upgrade) ends the connection. The deadline runs on its own
 //! timer, armed only while a write is blocked: a peer that stops reading is
 //! closed even when nothing new is sent to it.
+//!
+//! The HTTP layer's own refusals of requests it cannot parse (400, 414,
+//! 431, written by hyper with an empty body before any handler runs) are
+//! given the JSON error body every other refusal has ([`JsonRejection`]).
 
 use std::future::Future;
 use std::io;
@@ -72,6 +76,8 @@ pub struct Guarded<T> {
     blocked: bool,
     peer: Arc<Peer>,
     metrics: Arc<Metrics>,
+    /// A rejection being written in place of hyper's bodiless one.
+    rejection: Option<JsonRejection>,
     _slot: Option<Slot>,
 }
 
@@ -90,6 +96,7 @@ impl<T> Guarded<T> {
             blocked: false,
             peer,
             metrics,
+            rejection: None,
             _slot: slot,
         }
     }
@@ -123,6 +130,90 @@ impl<T> Guarded<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> Guarded<T> {
+    /// Writes the JSON rejection in place of hyper's; reports hyper's head
+    /// as written once the replacement is.
+    fn write_rejection(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let Some(r) = self.rejection.as_mut() else {
+                return Poll::Ready(Ok(0));
+            };
+            if r.written == r.bytes.len() {
+                let replaced = r.replaced;
+                self.rejection = None;
+                return Poll::Ready(Ok(replaced));
+            }
+            let rest = &r.bytes[r.written..];
+            match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Pending => return self.blocked(cx).map(Err),
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.progressed();
+                    if let Some(r) = self.rejection.as_mut() {
+                        r.written += n;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// hyper answers a request it cannot parse (bad method, bad path, target
+/// too long, too many or too large headers) itself, before any handler,
+/// with an empty body: `HTTP/1.1 4xx ...`, `connection: close`,
+/// `content-length: 0`. The router never sends a bodiless 4xx (every
+/// refusal carries a JSON error), so such a head is hyper's, and is
+/// rewritten with the JSON error the API promises.
+struct JsonRejection {
+    bytes: Vec<u8>,
+    written: usize,
+    /// Length of hyper's head, reported written once `bytes` are.
+    replaced: usize,
+}
+
+impl JsonRejection {
+    fn of(buf: &[u8]) -> Option<JsonRejection> {
+        if !buf.starts_with(b"HTTP/1.1 4") {
+            return None;
+        }
+        let end = find(buf, b"\r\n\r\n")? + 4;
+        let head = &buf[..end];
+        if find(head, b"\r\ncontent-length: 0\r\n").is_none() {
+            return None;
+        }
+        let status_line = std::str::from_utf8(&head[..find(head, b"\r\n")?]).ok()?;
+        let code = status_line.get(9..12)?;
+        let (error, message) = match code {
+            "414" => ("uri_too_long", "the request target is too long"),
+            "431" => (
+                "headers_too_large",
+                "the request has too many or too large headers",
+            ),
+            _ => (
+                "bad_request",
+                "the request could not be parsed (method, target or headers)",
+            ),
+        };
+        let body = serde_json::json!({"error": error, "message": message}).to_string();
+        let bytes = format!(
+            "{status_line}\r\ncontent-type: application/json\r\nconnection: close\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes();
+        Some(JsonRejection {
+            bytes,
+            written: 0,
+            replaced: end,
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -139,6 +230,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.rejection.is_none() {
+            self.rejection = JsonRejection::of(buf);
+        }
+        if self.rejection.is_some() {
+            return self.write_rejection(cx);
+        }
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Pending => self.blocked(cx).map(Err),
             ready => {
@@ -153,6 +250,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            if self.rejection.is_some() || first.starts_with(b"HTTP/1.1 4") {
+                return self.poll_write(cx, first);
+            }
+        }
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => self.blocked(cx).map(Err),
             ready => {
@@ -185,6 +287,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn only_bodiless_4xx_heads_are_rewritten() {
+        let hyper = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 30 Nov 2026 04:42:36 GMT\r\n\r\n";
+        let r = JsonRejection::of(hyper).expect("rewritten");
+        assert_eq!(r.replaced, hyper.len());
+        let text = String::from_utf8(r.bytes).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(v["error"], "headers_too_large");
+        let json_404 = b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 52\r\n\r\n";
+        assert!(JsonRejection::of(json_404).is_none());
+        assert!(JsonRejection::of(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+        assert!(JsonRejection::of(b"4a\r\nid: 1\n").is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_never_takes_fails_at_the_deadline() {

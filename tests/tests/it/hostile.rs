@@ -381,3 +381,46 @@ async fn a_websocket_peer_that_reads_nothing_on_a_quiet_task_is_closed() {
     .await;
     assert_eq!(m.write_stalls.get(), 0, "its socket still took bytes");
 }
+
+/// Requests the HTTP layer cannot parse are refused before any handler
+/// runs; the refusal still carries the JSON error body of every other one.
+#[tokio::test]
+async fn unparseable_requests_get_json_errors() {
+    sluice_tests::init_logs();
+    let edge = TestEdge::memory().start().await;
+    let many_headers: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let probes: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            "431",
+            "headers_too_large",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            "414",
+            "uri_too_long",
+        ),
+        (
+            b"GET /v1/tasks/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "400",
+            "bad_request",
+        ),
+        (
+            b"G@T /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "400",
+            "bad_request",
+        ),
+    ];
+    for (request, status, error) in probes {
+        let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+        // The server may answer and close before it read everything.
+        let _ = s.write_all(&request).await;
+        let got = closed_within(&mut s, T).await.expect("answered and closed");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: Value = serde_json::from_str(body).expect("json body");
+        assert_eq!(v["error"], json!(error), "{text}");
+    }
+}
