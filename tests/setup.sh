@@ -22,6 +22,9 @@ fi
 # redis-server/redis-cli on the host are also used by some tests directly.
 source deploy/images/lib.sh
 ensure_pkg redis-cli redis-tools
+# A vanished client host is simulated in a network namespace (unshare -n,
+# util-linux) by dropping its packets with iptables.
+ensure_pkg iptables iptables
 
 step "headless Chromium and chromedriver (dashboard browser test)"
 ensure_pkg chromium chromium

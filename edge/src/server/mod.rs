@@ -10,7 +10,9 @@
 //!   keep-alive);
 //! - a write the peer accepts no byte of for `write_timeout` ends the
 //!   connection ([`io::Guarded`]), including streams and WebSocket
-//!   sessions after their upgrade;
+//!   sessions after their upgrade; and so does data the peer's host does
+//!   not acknowledge for that long (`TCP_USER_TIMEOUT`: a host that
+//!   vanished, even on a quiet stream);
 //! - an accept that fails for lack of resources (`EMFILE`, `ENFILE`,
 //!   `ENOBUFS`, `ENOMEM`) is retried with a growing pause, and the node
 //!   reports itself not ready until an accept succeeds again.
@@ -151,6 +153,11 @@ pub async fn serve(
         };
         let slot = Slot::new(permit, conns.metrics.clone());
         let _ = stream.set_nodelay(true);
+        // A host that vanished (no ACKs) is given up once sent data stays
+        // unacknowledged for the write timeout; retransmissions alone would
+        // keep it ~15 min, and a quiet SSE stream never fills its buffers.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(limits.write_timeout));
         tasks.spawn(connection(
             stream,
             slot,

@@ -424,3 +424,37 @@ async fn unparseable_requests_get_json_errors() {
         assert_eq!(v["error"], json!(error), "{text}");
     }
 }
+
+/// A client host that vanishes (no FIN, no RST, no ACKs) on a quiet SSE
+/// stream: its socket buffers never fill, so only the kernel notices that
+/// the heartbeats go unacknowledged (`TCP_USER_TIMEOUT` = the write
+/// timeout). Runs the edge binary and the client in a network namespace of
+/// their own, where the client's packets are dropped with iptables
+/// (tests/python/dead_host.py; needs root, as the suite has).
+#[tokio::test]
+async fn a_client_host_that_vanishes_on_a_quiet_sse_stream_is_closed() {
+    let edge = sluice_tests::bins::bin_async("sluice-edge").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/dead_host.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new("unshare")
+            .args(["-n", "python3", script])
+            .arg(&edge)
+            .arg("30")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the scenario ends")
+    .expect("unshare (util-linux), python3 and iptables run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("closed_after"),
+        "a vanished host must be given up after the write timeout (2 s): {stdout}"
+    );
+}
