@@ -1,8 +1,11 @@
 //! API errors: JSON `{"error": "<code>", "message": "<sentence>"}` with the
-//! right status.
+//! right status, and a `Retry-After` on the 503s.
+
+use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use rand::Rng;
 use sluice_broker::error::Chain;
 use sluice_broker::PublishError;
 
@@ -13,7 +16,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub retry_after: Option<u64>,
+    /// When to come back (503s): `Retry-After` in whole seconds, rounded
+    /// up; an SSE refusal's `retry:` in milliseconds.
+    pub retry: Option<Duration>,
 }
 
 impl ApiError {
@@ -22,7 +27,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            retry_after: None,
+            retry: None,
         }
     }
 
@@ -34,13 +39,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+    /// 503: come back after `retry`.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry: Duration) -> Self {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code,
             message: message.into(),
-            retry_after: Some(retry_after),
+            retry: Some(retry),
         }
+    }
+
+    /// `Retry-After` (seconds, rounded up, at least 1).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        let ms = u64::try_from(self.retry?.as_millis()).unwrap_or(u64::MAX);
+        Some(ms.div_ceil(1000).max(1))
     }
 }
 
@@ -48,7 +60,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.code, "message": self.message});
         let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
+        if let Some(secs) = self.retry_after_secs() {
             if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
             }
@@ -106,7 +118,7 @@ impl From<PublishError> for ApiError {
                 ApiError::unavailable(
                     "not_replicated",
                     format!("{e}; retry with the same idempotency_key"),
-                    1,
+                    Duration::from_secs(1),
                 )
             }
             PublishError::Unavailable(_) | PublishError::Connect(_) => {
@@ -117,12 +129,18 @@ impl From<PublishError> for ApiError {
     }
 }
 
+/// Range of the jittered delay after which a caller comes back when the
+/// store was unreachable (ms): the clients of one outage spread their
+/// retries instead of coming back together.
+pub const BACKEND_RETRY_MS: std::ops::RangeInclusive<u64> = 1_000..=3_000;
+
 /// 503 `backend_unavailable`: the store cannot serve the call right now.
 fn backend_unavailable() -> ApiError {
+    let ms = rand::rng().random_range(BACKEND_RETRY_MS);
     ApiError::unavailable(
         "backend_unavailable",
         "the event store is unreachable; retry shortly",
-        2,
+        Duration::from_millis(ms),
     )
 }
 
@@ -140,7 +158,8 @@ mod tests {
 
     fn api(e: impl Into<ApiError>) -> (u16, &'static str, String, Option<u64>) {
         let e = e.into();
-        (e.status.as_u16(), e.code, e.message, e.retry_after)
+        let retry = e.retry_after_secs();
+        (e.status.as_u16(), e.code, e.message, retry)
     }
 
     const UNREACHABLE: &str = "the event store is unreachable; retry shortly";
@@ -157,11 +176,24 @@ mod tests {
             StoreError::Publish(PublishError::from(io.clone())),
             StoreError::Publish(PublishError::Unavailable(Unavailable::NoReply)),
         ] {
+            let (status, code, message, retry) = api(e);
             assert_eq!(
-                api(e),
-                (503, "backend_unavailable", UNREACHABLE.to_owned(), Some(2))
+                (status, code, message),
+                (503, "backend_unavailable", UNREACHABLE.to_owned())
             );
+            assert!(retry.is_some_and(|s| (1..=3).contains(&s)), "{retry:?}");
         }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let after =
+            |ms| ApiError::unavailable("x", "y", Duration::from_millis(ms)).retry_after_secs();
+        assert_eq!(after(100), Some(1));
+        assert_eq!(after(1_000), Some(1));
+        assert_eq!(after(1_001), Some(2));
+        assert_eq!(after(5_000), Some(5));
+        assert_eq!(ApiError::not_found("x").retry_after_secs(), None);
     }
 
     #[test]

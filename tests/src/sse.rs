@@ -27,6 +27,8 @@ use tokio::net::TcpStream;
 pub const MAX_LINE: usize = 1024 * 1024;
 /// Longest response head accepted by the raw-socket clients.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// The header of an SSE refusal ([`SseClient::refused`]).
+pub const REFUSED: &str = "sluice-refused";
 
 /// One line of an SSE stream, borrowed from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +176,8 @@ impl SseDecoder {
 pub struct ResponseHead {
     pub status: u16,
     pub chunked: bool,
+    /// A 200 that is an SSE refusal ([`REFUSED`]): the stream ends at once.
+    pub refused: bool,
     /// Bytes of the head, its blank line included.
     pub len: usize,
 }
@@ -190,9 +194,11 @@ impl ResponseHead {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let chunked = head.contains("transfer-encoding: chunked");
+        let refused = head.contains(&format!("\r\n{REFUSED}:"));
         Some(ResponseHead {
             status,
             chunked,
+            refused,
             len,
         })
     }
@@ -327,6 +333,15 @@ impl SseClient {
             decoder: SseDecoder::default(),
             body: None,
         }
+    }
+
+    /// The reason of an SSE refusal (`Sluice-Refused`): a node that cannot
+    /// take the stream (connection limit, connect rate, draining, backend
+    /// unreachable) answers an event-stream request with a 200 whose body
+    /// is only a comment and a `retry:`, and ends it, so that browsers
+    /// retry. Neither is dispatched as a frame: such a stream yields none.
+    pub fn refused(&self) -> Option<&str> {
+        self.headers.get(REFUSED)?.to_str().ok()
     }
 
     /// The next frame (events, comments and retry fields alike), `None` when
@@ -531,9 +546,12 @@ mod tests {
             Some(ResponseHead {
                 status: 200,
                 chunked: true,
+                refused: false,
                 len: h.len() - 4
             })
         );
+        let r = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nSluice-Refused: draining\r\n\r\n";
+        assert!(ResponseHead::parse(r).is_some_and(|h| h.refused && h.status == 200));
         assert_eq!(ResponseHead::parse(b"HTTP/1.1 503 Busy\r\n"), None);
         assert_eq!(
             ResponseHead::parse(b"HTTP/1.1 503 Busy\r\n\r\n").map(|h| (h.status, h.chunked)),

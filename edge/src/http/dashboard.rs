@@ -6,18 +6,20 @@
 //! [`MAX_WATCHED`], each authorized like a subscription (with auth on,
 //! `?token=` must allow each). The page passes its own `?task=` on, so
 //! `/?task=job-42` follows job-42. A draining node refuses new viewers, and
-//! viewers are capped per node.
+//! viewers are capped per node: both refusals are [`refusal`] streams for
+//! the page's EventSource, so it comes back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use sluice_shared::TaskId;
 
 use super::admission::draining;
 use super::extract::{parse_task, Caller};
-use super::sse::event_stream;
+use super::sse::{event_stream, refusal};
 use crate::error::ApiError;
 use crate::status::NodeStatus;
 
@@ -46,10 +48,19 @@ pub async fn page() -> Response {
 
 pub async fn events(
     State(status): State<Arc<NodeStatus>>,
+    headers: HeaderMap,
     caller: Caller,
     RawQuery(query): RawQuery,
+) -> Response {
+    stats(status, &caller, query.as_deref()).unwrap_or_else(|e| refusal(e, &headers))
+}
+
+fn stats(
+    status: Arc<NodeStatus>,
+    caller: &Caller,
+    query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let watched = watched_tasks(query.as_deref(), &caller)?;
+    let watched = watched_tasks(query, caller)?;
     if status.is_draining() {
         return Err(draining());
     }
@@ -57,7 +68,7 @@ pub async fn events(
         return Err(ApiError::unavailable(
             "too_many_viewers",
             format!("this node serves at most {MAX_VIEWERS} dashboards at once"),
-            5,
+            Duration::from_secs(5),
         ));
     };
     tracing::debug!(

@@ -7,46 +7,118 @@
 //! `retry:`, and ends by itself after the final event, on drain (after a
 //! short `retry:` at a jittered moment inside the drain window) and when the
 //! backend cannot serve it.
+//!
+//! A stream the node cannot take now (draining, connection limit, connect
+//! rate, backend unreachable) is refused. A browser's EventSource that gets
+//! any status but 200 closes for good and never retries, so a request that
+//! accepts `text/event-stream` gets a [`refusal`] stream instead of the 503:
+//! 200, the reason as a comment, a jittered `retry:`, then the end of the
+//! stream; the browser comes back after that delay with its Last-Event-ID.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::Stream;
 use rand::Rng;
+use sluice_shared::TaskId;
 
-use super::admission::admit;
+use super::admission::{admit, DRAIN_RETRY_MS, RETRY_MS};
 use super::extract::Subscribe;
 use crate::error::ApiError;
 use crate::metrics::Transport;
 use crate::server::io::Peer;
 use crate::session::{Conn, End, Framing, Session, Sessions};
-use crate::subscription::Opening;
+use crate::subscription::{Opening, Start};
 use crate::wire::Event;
 
-/// Range of the initial `retry:` (ms), jittered so reconnect storms spread.
-pub const RETRY_MS: std::ops::Range<u64> = 1_000..5_000;
-/// Range of the `retry:` sent when draining (ms): reconnect soon, elsewhere.
-pub const DRAIN_RETRY_MS: std::ops::Range<u64> = 100..1_000;
+/// The header that marks a [`refusal`] stream, naming its reason, for
+/// clients other than browsers (which cannot see it).
+pub const REFUSED: header::HeaderName = header::HeaderName::from_static("sluice-refused");
 
 pub async fn subscribe(
     State(sessions): State<Arc<Sessions>>,
     peer: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
     Subscribe { task, start }: Subscribe,
+) -> Response {
+    let peer = peer.map(|Extension(p)| p);
+    match open(&sessions, task, start, peer).await {
+        Ok(resp) => resp,
+        Err(e) => refusal(e, &headers),
+    }
+}
+
+async fn open(
+    sessions: &Arc<Sessions>,
+    task: TaskId,
+    start: Start,
+    peer: Option<Arc<Peer>>,
 ) -> Result<Response, ApiError> {
-    let guard = admit(&sessions, Transport::Sse)?;
+    let guard = admit(sessions, Transport::Sse)?;
     let sub = match sessions.subscriptions.open(task, start).await? {
         Opening::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
         Opening::Stream(sub) => sub,
     };
-    let peer = peer.map(|Extension(p)| p);
     let conn = Conn::new(&sessions.metrics, Transport::Sse, sub.task(), guard, peer);
-    let session = Session::new(&sessions, conn, sub, SseFrames::start());
+    let session = Session::new(sessions, conn, sub, SseFrames::start());
     Ok(event_stream(body(session)))
+}
+
+/// The answer to a stream request that failed with `err`. A 503 (come back
+/// later) to a request that accepts `text/event-stream` becomes a stream an
+/// EventSource survives: 200 with a [`REFUSED`] header and a body of two
+/// lines, the reason as a comment and `retry: <ms>`, then the end.
+///
+/// No blank line follows them, so nothing is dispatched: EventSource applies
+/// `retry:` as soon as it reads the line (the field is not part of an
+/// event), while parsers that yield a `retry:`-only block as an empty event
+/// (httpx-sse does) yield nothing, and the harness's decoder no frame.
+/// Everything else (another status, a request that does not accept event
+/// streams: `*/*` is no EventSource) keeps its JSON error.
+pub fn refusal(err: ApiError, headers: &HeaderMap) -> Response {
+    let retry = match err.retry {
+        Some(retry) if err.status == StatusCode::SERVICE_UNAVAILABLE => retry,
+        _ => return err.into_response(),
+    };
+    if !accepts_event_stream(headers) {
+        return err.into_response();
+    }
+    let body = format!(": {}\nretry: {}\n", err.code, retry.as_millis());
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        [(REFUSED, err.code)],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether `Accept` lists `text/event-stream` (not with `q=0`).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let is_sse = parts
+                .next()
+                .is_some_and(|m| m.eq_ignore_ascii_case("text/event-stream"));
+            let refused = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("q") && v.trim().parse::<f32>() == Ok(0.0)
+                })
+            });
+            is_sse && !refused
+        })
 }
 
 /// A `text/event-stream` response (not buffered by proxies).
@@ -125,5 +197,68 @@ impl Framing for SseFrames {
             let ms = rand::rng().random_range(DRAIN_RETRY_MS);
             self.next = Some(Bytes::from(format!("retry: {ms}\n\n")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::ACCEPT, v.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn event_stream_accepts() {
+        for yes in [
+            &["text/event-stream"][..],
+            &["Text/Event-Stream"],
+            &["application/json, text/event-stream;q=0.5"],
+            &["application/json", "text/event-stream"],
+        ] {
+            assert!(accepts_event_stream(&accept(yes)), "{yes:?}");
+        }
+        for no in [
+            &[][..],
+            &["*/*"],
+            &["text/*"],
+            &["application/json"],
+            &["text/event-stream; q=0"],
+            &["text/event-streams"],
+        ] {
+            assert!(!accepts_event_stream(&accept(no)), "{no:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn only_503s_to_event_sources_become_retry_streams() {
+        let busy = || {
+            ApiError::unavailable(
+                "too_many_connections",
+                "full",
+                std::time::Duration::from_millis(2_345),
+            )
+        };
+        let r = refusal(busy(), &accept(&["text/event-stream"]));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[&REFUSED], "too_many_connections");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let body = axum::body::to_bytes(r.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b": too_many_connections\nretry: 2345\n");
+
+        let r = refusal(busy(), &accept(&["*/*"]));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let r = refusal(
+            ApiError::bad_request("invalid_task", "bad"),
+            &accept(&["text/event-stream"]),
+        );
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -3,7 +3,8 @@
 //! Same subscription and session as SSE (resume with `?after=N` or
 //! `Last-Event-ID`, gap filling, catch-up, `sluice.reset`). The session runs
 //! on the node's tasks and owns everything the connection holds; it ends
-//! when the client leaves, a write stalls, pongs stop, the task ends (close
+//! when the client leaves (a client's close frame is echoed, its code
+//! included: RFC 6455 §5.5.1), a write stalls, pongs stop, the task ends (close
 //! 1000), the node drains (close 1012, at a jittered moment inside the drain
 //! window) or the backend cannot serve it (close 1013). A client message
 //! over [`MAX_CLIENT_MESSAGE`] closes it with 1009 (Message Too Big). Over
@@ -174,7 +175,16 @@ impl Framing for WsFrames {
     }
 
     async fn finish(&mut self, end: End) {
-        let (code, reason) = close_frame(end);
+        let Some((code, reason)) = close_frame(end) else {
+            // The peer closed: tungstenite queued the answer to its close
+            // frame when it read it (the same code and reason), to go out
+            // on the next write or flush; a close frame of our own would
+            // be refused now (the handshake is the peer's). Flushing sends
+            // the answer and ends the connection. Nothing to flush if the
+            // peer just vanished.
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tx.flush()).await;
+            return;
+        };
         let frame = Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
@@ -183,18 +193,19 @@ impl Framing for WsFrames {
     }
 }
 
-/// The close code and reason that end a session.
-fn close_frame(end: End) -> (u16, &'static str) {
-    match end {
+/// The close code and reason that end a session; `None` when the peer
+/// closed it (its own frame is echoed).
+fn close_frame(end: End) -> Option<(u16, &'static str)> {
+    Some(match end {
+        End::PeerClosed => return None,
         End::Finished => (CLOSE_NORMAL, "task finished"),
-        End::PeerClosed => (CLOSE_NORMAL, "client closed"),
         End::Draining => (CLOSE_RESTART, "node draining; reconnect"),
         End::BackendUnavailable => (CLOSE_TRY_AGAIN, "backend unavailable"),
         End::WriteFailed => (CLOSE_GOING_AWAY, "write failed or stalled"),
         End::PongTimeout => (CLOSE_GOING_AWAY, "pong timeout"),
         End::TooBig => (CLOSE_TOO_BIG, "message too big"),
         End::ProtocolError => (CLOSE_POLICY, "protocol error"),
-    }
+    })
 }
 
 /// Whether a read failed because the client's message (or one frame of it)
@@ -233,19 +244,20 @@ mod tests {
 
     #[test]
     fn close_codes() {
-        assert_eq!(close_frame(End::Finished).0, 1000);
-        assert_eq!(close_frame(End::PeerClosed).0, 1000);
-        assert_eq!(close_frame(End::PongTimeout), (1001, "pong timeout"));
-        assert_eq!(close_frame(End::WriteFailed).0, 1001);
-        assert_eq!(close_frame(End::ProtocolError).0, 1008);
-        assert_eq!(close_frame(End::TooBig).0, 1009);
+        let code = |end| close_frame(end).map(|(c, _)| c);
+        assert_eq!(code(End::Finished), Some(1000));
+        assert_eq!(code(End::PeerClosed), None, "the peer's code is echoed");
+        assert_eq!(close_frame(End::PongTimeout), Some((1001, "pong timeout")));
+        assert_eq!(code(End::WriteFailed), Some(1001));
+        assert_eq!(code(End::ProtocolError), Some(1008));
+        assert_eq!(code(End::TooBig), Some(1009));
         assert_eq!(
             close_frame(End::Draining),
-            (1012, "node draining; reconnect")
+            Some((1012, "node draining; reconnect"))
         );
         assert_eq!(
             close_frame(End::BackendUnavailable),
-            (1013, "backend unavailable")
+            Some((1013, "backend unavailable"))
         );
     }
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::producer::mark_of;
-use crate::sse::{SseLine, SseLines};
+use crate::sse::{SseLine, SseLines, REFUSED};
 use crate::DeliveryLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,8 @@ pub struct ClientResult {
     pub log: DeliveryLog,
     /// Streams opened (200 / WebSocket upgrade).
     pub connects: u32,
-    /// Attempts refused (503 and other non-200 answers) or failed to connect.
+    /// Attempts refused (503, other non-200 answers, a 200 SSE refusal) or
+    /// failed to connect.
     pub refused: u32,
     /// Saw the end: the final event, a 204 or a close 1000.
     pub finished: bool,
@@ -270,7 +271,9 @@ impl Client {
             _ => return Outcome::Refused,
         };
         match resp.status().as_u16() {
-            200 => {}
+            // A 200 refusal (for browsers, which give up on any other
+            // status) is a refusal all the same.
+            200 if !resp.headers().contains_key(REFUSED) => {}
             204 => return Outcome::Finished,
             _ => return Outcome::Refused,
         }

@@ -148,7 +148,7 @@ pub async fn run_sse(
             Ok(_) => {}
         }
     };
-    if head.status != 200 {
+    if head.status != 200 || head.refused {
         return res;
     }
     buf.drain(..head.len);

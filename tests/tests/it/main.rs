@@ -1,8 +1,8 @@
 //! The integration tests that can share a process: each starts its own
 //! Redis container (or none) and edge nodes, and uses task ids of its own
 //! (`unique_task`), so they run in parallel (`--test-threads`). Tests that
-//! read an edge's node-wide counters (`metrics`, `protections`) start an
-//! edge of their own for it.
+//! read an edge's node-wide counters (`metrics`, `protections`,
+//! `refusals`) start an edge of their own for it.
 //!
 //! ```sh
 //! cargo test -p sluice-tests --test it                 # all of them
@@ -19,6 +19,7 @@ mod publisher;
 mod python_producer;
 mod redis_acl;
 mod redis_tls;
+mod refusals;
 mod registry;
 mod security;
 mod sse_resume;

@@ -265,8 +265,9 @@ async fn metrics_after_a_known_workload() {
     for s in 2..=5 {
         assert_eq!(c.next_event(T).await.expect("live").seq(), Some(s));
     }
-    // Over the limit of 1: refused.
-    assert_eq!(SseClient::connect(&url, None).await.status, 503);
+    // Over the limit of 1: refused (an SSE refusal: 200, then the end).
+    let refused = SseClient::connect(&url, None).await;
+    assert_eq!(refused.refused(), Some("too_many_connections"));
 
     let text = client
         .get(edge.url("/metrics"))

@@ -20,9 +20,14 @@ fn token(secret: &str, tasks: &[&str]) -> String {
 }
 
 fn expired(secret: &str, task: &str) -> String {
+    expiring(secret, task, 1_000_000)
+}
+
+/// A token for `task` that expires at `exp` (Unix seconds).
+fn expiring(secret: &str, task: &str, exp: u64) -> String {
     let claims = Claims {
         tasks: vec![task.into()],
-        exp: 1_000_000,
+        exp,
         iat: None,
         sub: None,
     };
@@ -172,6 +177,78 @@ async fn tokens_gate_every_read_endpoint() {
         m.contains(r#"sluice_edge_connections_refused_total{reason="Forbidden"}"#),
         "{m}"
     );
+}
+
+/// The token is a credential for opening a stream, not for keeping it: a
+/// stream opened before the token's `exp` keeps receiving events after it,
+/// while a new connection with the same token is refused 401 (so is every
+/// reconnect, which is where an expired token stops working).
+#[tokio::test]
+async fn streams_outlive_their_token_and_reconnects_recheck_it() {
+    sluice_tests::init_logs();
+    const PK: &str = "pk-expiry-0123456789";
+    let edge = TestEdge::memory()
+        .secure()
+        .args(&["--auth-secret", S1, "--publish-key", PK])
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let task = unique_task("exp");
+    let publish = |n: u64| {
+        let req = client
+            .post(edge.url(&format!("/v1/tasks/{task}/events")))
+            .bearer_auth(PK)
+            .json(&json!({"type": "progress", "data": n}));
+        async move {
+            let r = req.send().await.expect("publish");
+            assert_eq!(r.status(), 201);
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let exp = now + 2;
+    let tok = expiring(S1, &task, exp);
+    publish(1).await;
+    let sse_url = edge.url(&format!("/v1/tasks/{task}/events?token={tok}"));
+    let ws_url = format!("ws://{}/v1/tasks/{task}/ws?token={tok}", edge.addr);
+    let mut sse = SseClient::connect(&sse_url, None).await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.next_event(T).await.expect("snapshot").seq(), Some(1));
+    let mut ws = WsClient::connect(&ws_url).await.expect("upgrade");
+    assert_eq!(ws.envelope(T).await["seq"], json!(1));
+
+    // Wait until the node refuses the token (its `exp` plus the verifier's
+    // leeway have passed), asking the snapshot endpoint.
+    let snapshot = edge.url(&format!("/v1/tasks/{task}"));
+    sluice_tests::wait_until("the token refused", Duration::from_secs(30), || {
+        let (client, url) = (client.clone(), snapshot.clone());
+        let tok = tok.clone();
+        async move { status_and_error(&client, &url, Some(&tok)).await.0 == 401 }
+    })
+    .await;
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(after > exp, "refused only past exp");
+    // New connections with it: 401.
+    let refused = SseClient::connect(&sse_url, None).await;
+    assert_eq!(refused.status, 401);
+    let body: serde_json::Value =
+        serde_json::from_str(refused.body.as_deref().expect("body")).expect("JSON error");
+    assert_eq!(body["error"], json!("unauthorized"));
+    assert_eq!(body["message"], json!("token expired"));
+    assert_eq!(WsClient::connect(&ws_url).await.err(), Some(401));
+
+    // The streams opened before `exp` still deliver.
+    publish(2).await;
+    assert_eq!(
+        sse.next_event(T).await.expect("live after exp").seq(),
+        Some(2)
+    );
+    assert_eq!(ws.envelope(T).await["seq"], json!(2));
 }
 
 #[tokio::test]

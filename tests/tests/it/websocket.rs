@@ -150,6 +150,60 @@ async fn websocket_snapshot_live_resume_and_end() {
     assert_eq!(body["error"], json!("websocket_upgrade_required"));
 }
 
+/// RFC 6455 §5.5.1: an endpoint that receives a Close frame sends one in
+/// response, "typically echoing the status code it received"; then the
+/// server ends the TCP connection. Without the echo, browsers and Python's
+/// `websockets` report 1006 (abnormal closure) for a clean close.
+#[tokio::test]
+async fn websocket_client_close_is_echoed() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    sluice_tests::init_logs();
+    let edge = TestEdge::memory().start().await;
+    let state = edge.state.clone();
+    for code in [1000u16, 4000] {
+        let task = unique_task("ws-close");
+        let mut c = WsClient::connect(&ws_url(&edge, &format!("/v1/tasks/{task}/ws")))
+            .await
+            .expect("upgrade");
+        sluice_tests::wait_until("session running", T, || {
+            let st = state.clone();
+            async move { st.metrics.connection_tasks.get() == 1 }
+        })
+        .await;
+        let close = CloseFrame {
+            code: CloseCode::from(code),
+            reason: "bye".into(),
+        };
+        futures_util::SinkExt::send(&mut c.socket, Message::Close(Some(close)))
+            .await
+            .expect("send close");
+        let echo = tokio::time::timeout(T, c.socket.next())
+            .await
+            .expect("an answer to the close within the timeout");
+        match echo {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(u16::from(f.code), code, "the client's code echoed");
+            }
+            other => panic!("expected a close frame echoing {code}, got {other:?}"),
+        }
+        // Then the server ends the connection: a clean end of stream.
+        let end = tokio::time::timeout(T, c.socket.next())
+            .await
+            .expect("the server ends the connection");
+        assert!(
+            end.is_none(),
+            "a clean end after the close handshake: {end:?}"
+        );
+        sluice_tests::wait_until("session released", T, || {
+            let st = state.clone();
+            async move { st.metrics.connection_tasks.get() == 0 && st.limits.in_use() == 0 }
+        })
+        .await;
+    }
+}
+
 /// A peer that never answers pings is closed (1001, "pong timeout") and
 /// releases what it held, while a healthy peer on the same node, answering
 /// the same pings, stays open well past that moment.

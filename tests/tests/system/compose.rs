@@ -247,7 +247,7 @@ struct Report {
     log: DeliveryLog,
     /// The edge of each successful connection, in order.
     servers: Vec<String>,
-    /// Connection attempts answered with 5xx (retried).
+    /// Connection attempts answered with 5xx or an SSE refusal (retried).
     refusals: u32,
 }
 
@@ -264,6 +264,12 @@ async fn sse_client(name: String, lb: String, task: String, board: Board) -> Rep
         assert!(Instant::now() < end, "{name}: task not finished in time");
         let mut c = SseClient::connect(&url, r.log.last()).await;
         match c.status {
+            // An edge's refusal of an event stream: 200, a `retry:`, the end.
+            200 if c.refused().is_some() => {
+                r.refusals += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             200 => {}
             204 => break,
             500..=599 => {
@@ -435,7 +441,7 @@ async fn collect(clients: Vec<tokio::task::JoinHandle<Report>>, last: u64) -> Ve
             .expect("client task");
         let v = r.log.check(1, last);
         println!(
-            "  {}: {v}; connections {} via {:?}; 5xx retried {}",
+            "  {}: {v}; connections {} via {:?}; refusals retried {}",
             r.name,
             r.servers.len(),
             r.servers,
