@@ -128,6 +128,15 @@ impl<T> Guarded<T> {
     fn progressed(&mut self) {
         self.blocked = false;
     }
+
+    /// The kernel gave the peer up (`ETIMEDOUT`: sent data unacknowledged,
+    /// or a zero window, for `TCP_USER_TIMEOUT`, which the accept loop sets
+    /// to the write timeout): a stall too, whichever timer fired first.
+    fn failed(&self, e: &io::Error) {
+        if e.kind() == io::ErrorKind::TimedOut && self.peer.mark_stalled() {
+            self.metrics.write_stalls.inc();
+        }
+    }
 }
 
 impl<T: AsyncWrite + Unpin> Guarded<T> {
@@ -153,7 +162,10 @@ impl<T: AsyncWrite + Unpin> Guarded<T> {
                         r.written += n;
                     }
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) => {
+                    self.failed(&e);
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     }
@@ -219,7 +231,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let read = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if let Err(e) = &read {
+            self.failed(e);
+        }
+        Poll::Ready(read)
     }
 }
 
@@ -237,6 +253,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         }
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Pending => self.blocked(cx).map(Err),
+            Poll::Ready(Err(e)) => {
+                self.failed(&e);
+                Poll::Ready(Err(e))
+            }
             ready => {
                 self.progressed();
                 ready
@@ -256,6 +276,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         }
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
             Poll::Pending => self.blocked(cx).map(Err),
+            Poll::Ready(Err(e)) => {
+                self.failed(&e);
+                Poll::Ready(Err(e))
+            }
             ready => {
                 self.progressed();
                 ready
@@ -270,6 +294,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
             Poll::Pending => self.blocked(cx).map(Err),
+            Poll::Ready(Err(e)) => {
+                self.failed(&e);
+                Poll::Ready(Err(e))
+            }
             ready => {
                 self.progressed();
                 ready

@@ -217,12 +217,12 @@ async fn every_connection_counts_against_the_open_connection_limit() {
 }
 
 /// Stalled-peer edges: writes fail after 2 s without progress; heartbeats
-/// every second.
-async fn stall_edge() -> EdgeHandle {
+/// (and WebSocket pings) every `heartbeat` seconds.
+async fn stall_edge(heartbeat: &str) -> EdgeHandle {
     TestEdge::memory()
         .args(&[
             "--heartbeat-secs",
-            "1",
+            heartbeat,
             "--write-timeout-secs",
             "2",
             "--publish-key",
@@ -259,7 +259,7 @@ async fn sse_that_stops_reading(edge: &EdgeHandle, task: &str) -> TcpStream {
 #[tokio::test]
 async fn an_sse_peer_that_stops_reading_while_events_flow_is_closed() {
     sluice_tests::init_logs();
-    let edge = stall_edge().await;
+    let edge = stall_edge("1").await;
     let m = edge.state.metrics.clone();
     let http = reqwest::Client::new();
     let task = unique_task("stall-sse");
@@ -285,7 +285,7 @@ async fn an_sse_peer_that_stops_reading_while_events_flow_is_closed() {
 #[tokio::test]
 async fn an_sse_peer_that_stops_reading_on_a_quiet_task_is_closed() {
     sluice_tests::init_logs();
-    let edge = stall_edge().await;
+    let edge = stall_edge("1").await;
     let m = edge.state.metrics.clone();
     let http = reqwest::Client::new();
     let task = unique_task("stall-quiet");
@@ -333,7 +333,7 @@ async fn ws_that_stops_reading(edge: &EdgeHandle, task: &str) -> TcpStream {
 #[tokio::test]
 async fn a_websocket_peer_that_stops_reading_while_events_flow_is_closed() {
     sluice_tests::init_logs();
-    let edge = stall_edge().await;
+    let edge = stall_edge("10").await;
     let m = edge.state.metrics.clone();
     let http = reqwest::Client::new();
     let task = unique_task("stall-ws");
@@ -367,7 +367,7 @@ async fn a_websocket_peer_that_stops_reading_while_events_flow_is_closed() {
 #[tokio::test]
 async fn a_websocket_peer_that_reads_nothing_on_a_quiet_task_is_closed() {
     sluice_tests::init_logs();
-    let edge = stall_edge().await;
+    let edge = stall_edge("1").await;
     let m = edge.state.metrics.clone();
     let task = unique_task("deaf-ws");
     let _client = ws_that_stops_reading(&edge, &task).await;
