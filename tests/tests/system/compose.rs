@@ -13,6 +13,9 @@
 //!    waiting until HAProxy sees it UP; same result, and every client was
 //!    moved at least once.
 //!
+//! Also: the operator surface (dashboard, `/metrics`) answers only on the
+//! stack's admin port, never through the public one.
+//!
 //! The images come from deploy/images/build-all.sh (tests/setup.sh runs it).
 //! The stack gets a unique project name and is always removed (`down -v`).
 
@@ -77,6 +80,7 @@ impl Stack {
             .args(["-p", &self.project])
             .args(args)
             .env("SLUICE_HTTP_PORT", "0")
+            .env("SLUICE_ADMIN_PORT", "0")
             .env("SLUICE_STATS_PORT", "0")
             .env("SLUICE_REDIS_PORT", "0")
             .env("SLUICE_DRAIN_SECS", DRAIN_SECS)
@@ -465,6 +469,7 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
     };
     stack.run(&["up", "-d", "--no-build"]).await;
     let lb = stack.port("haproxy", 8080).await;
+    let admin = stack.port("haproxy", 9090).await;
     let stats = stack.port("haproxy", 8404).await;
     let redis = stack.port("redis", 6379).await;
     let http = reqwest::Client::builder()
@@ -496,6 +501,8 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
         assert!(Instant::now() < end, "the demo producer published nothing");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    operator_surface_only_on_the_admin_port(&http, &lb, &admin).await;
 
     let publisher = Publisher::connect(&format!("redis://{redis}"))
         .await
@@ -617,4 +624,38 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
     );
     drop(stack);
     println!("compose system test done in {:?}", t0.elapsed());
+}
+
+/// The dashboard and `/metrics` answer on the admin port (HAProxy's `admin`
+/// frontend to the edges' SLUICE_ADMIN_LISTEN) and are 404 through the
+/// public one.
+async fn operator_surface_only_on_the_admin_port(http: &reqwest::Client, lb: &str, admin: &str) {
+    for path in ["/", "/metrics"] {
+        let r = http
+            .get(format!("http://{lb}{path}"))
+            .send()
+            .await
+            .expect("public");
+        assert_eq!(r.status(), 404, "{path} through the public port");
+        let body: serde_json::Value = r.json().await.expect("JSON 404");
+        assert_eq!(body["error"], "not_found");
+    }
+    // The admin backend's first checks may still be pending.
+    let end = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        match http.get(format!("http://{admin}/metrics")).send().await {
+            Ok(r) if r.status() == 200 => break r.text().await.expect("metrics text"),
+            other => {
+                assert!(Instant::now() < end, "admin port: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(metrics.contains("sluice_edge_connections"), "{metrics}");
+    let page = http
+        .get(format!("http://{admin}/"))
+        .send()
+        .await
+        .expect("dashboard");
+    assert_eq!(page.status(), 200);
 }
