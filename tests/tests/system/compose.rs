@@ -12,6 +12,13 @@
 //!    (`docker-compose stop -t 30`, it drains and exits 0) and started again,
 //!    waiting until HAProxy sees it UP; same result, and every client was
 //!    moved at least once.
+//! 3. A full fleet keeps serving: every edge is filled to its stream limit
+//!    (`SLUICE_MAX_CONNECTIONS` is small here) with streams held through the
+//!    LB. HAProxy takes them all out of `streams` (checked on `/capacity`)
+//!    but keeps them in `edges` (`/readyz`): publishes (201), snapshots and
+//!    history (200) still go through, the held streams still get events,
+//!    and a new stream is refused at once with 503 JSON instead of hanging.
+//!    Once the streams are released, a new stream is served again.
 //!
 //! Also: the operator surface (dashboard, `/metrics`) answers only on the
 //! stack's admin port, never through the public one.
@@ -36,6 +43,10 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
 /// The drain window of the edges in this test.
 const DRAIN_SECS: &str = "4";
+/// Each edge's stream limit here: above what phases 1 and 2 put on one
+/// edge (8 clients in all), small enough to fill every edge in phase 3.
+const MAX_STREAMS_PER_EDGE: usize = 12;
+const PUBLISH_KEY: &str = "compose-test-publish-key";
 
 const IMAGES: [(&str, &str); 4] = [
     ("SLUICE_REDIS_IMAGE", "sluice-redis:7"),
@@ -87,8 +98,9 @@ impl Stack {
             .env("SLUICE_HEARTBEAT_SECS", "2")
             .env("SLUICE_DEMO_INTERVAL", "200ms")
             .env("SLUICE_INSECURE", "true")
-            .env_remove("SLUICE_AUTH_SECRET")
-            .env_remove("SLUICE_PUBLISH_KEY");
+            .env("SLUICE_MAX_CONNECTIONS", MAX_STREAMS_PER_EDGE.to_string())
+            .env("SLUICE_PUBLISH_KEY", PUBLISH_KEY)
+            .env_remove("SLUICE_AUTH_SECRET");
         c
     }
 
@@ -452,7 +464,7 @@ async fn collect(clients: Vec<tokio::task::JoinHandle<Report>>, last: u64) -> Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compose_stack_survives_kill_and_rolling_restart() {
+async fn compose_stack_survives_kill_rolling_restart_and_a_full_fleet() {
     sluice_tests::init_logs();
     let _one = sluice_tests::chaos::exclusive().await;
     let t0 = Instant::now();
@@ -622,6 +634,11 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
         last,
         phase.elapsed()
     );
+
+    // --- 3. every edge full ---------------------------------------------
+    let phase = Instant::now();
+    full_fleet_keeps_serving(&http, &lb, &stats).await;
+    println!("full fleet phase in {:?}", phase.elapsed());
     drop(stack);
     println!("compose system test done in {:?}", t0.elapsed());
 }
@@ -658,4 +675,152 @@ async fn operator_surface_only_on_the_admin_port(http: &reqwest::Client, lb: &st
         .await
         .expect("dashboard");
     assert_eq!(page.status(), 200);
+}
+
+/// Waits until HAProxy's view satisfies `ok`.
+async fn wait_lb(
+    http: &reqwest::Client,
+    stats: &str,
+    what: &str,
+    deadline: Duration,
+    ok: impl Fn(&HashMap<String, String>) -> bool,
+) {
+    let end = Instant::now() + deadline;
+    loop {
+        let s = lb_status(http, stats).await;
+        if ok(&s) {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: HAProxy sees {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Phase 3 (see the module documentation).
+async fn full_fleet_keeps_serving(http: &reqwest::Client, lb: &str, stats: &str) {
+    const T: Duration = Duration::from_secs(10);
+    let task = unique_task("full");
+    let events = format!("http://{lb}/v1/tasks/{task}/events");
+    let publish = |i: u64| {
+        http.post(&events)
+            .bearer_auth(PUBLISH_KEY)
+            .json(&json!({"type": "progress", "data": {"i": i}}))
+            .send()
+    };
+    let r = publish(1).await.expect("publish");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+
+    // Fill every edge. HAProxy balances by its own connection count; an
+    // edge still counting a stream of the earlier phases answers 503 for a
+    // moment, retried here.
+    let capacity = EDGES.len() * MAX_STREAMS_PER_EDGE;
+    let mut held = Vec::with_capacity(capacity);
+    let end = Instant::now() + Duration::from_secs(30);
+    while held.len() < capacity {
+        assert!(
+            Instant::now() < end,
+            "held only {} of {capacity} streams",
+            held.len()
+        );
+        let c = tokio::time::timeout(T, SseClient::connect(&events, None))
+            .await
+            .expect("a stream is answered, not left hanging");
+        match c.status {
+            200 => held.push(c),
+            503 => tokio::time::sleep(Duration::from_millis(200)).await,
+            s => panic!("stream {}: status {s}: {:?}", held.len(), c.body),
+        }
+    }
+    let up = |s: &HashMap<String, String>, k: &str| s.get(k).map(String::as_str) == Some("UP");
+    wait_lb(
+        http,
+        stats,
+        "every edge out of `streams`, all still in `edges`",
+        Duration::from_secs(15),
+        |s| {
+            EDGES.iter().all(|e| {
+                up(s, e) && s.get(&format!("streams/{e}")).map(String::as_str) == Some("DOWN")
+            })
+        },
+    )
+    .await;
+    println!("  {capacity} streams held: every edge full");
+
+    // Readiness, publishes, snapshots and history still go through.
+    let r = http
+        .get(format!("http://{lb}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    for i in 2..=3 {
+        let r = publish(i).await.expect("publish to a full fleet");
+        assert_eq!(r.status(), 201, "publish {i}: {:?}", r.text().await);
+    }
+    let snap: serde_json::Value = {
+        let r = http
+            .get(format!("http://{lb}/v1/tasks/{task}"))
+            .send()
+            .await
+            .expect("snapshot");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("snapshot JSON")
+    };
+    assert_eq!(snap["seq"], json!(3), "{snap}");
+    let history: Vec<serde_json::Value> = {
+        let r = http
+            .get(format!("http://{lb}/v1/tasks/{task}/history?after=0"))
+            .send()
+            .await
+            .expect("history");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("history JSON")
+    };
+    let seqs: Vec<u64> = history.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // The held streams are served: snapshot (1), then 2 and 3 live.
+    for c in &mut held {
+        let mut last = 0;
+        while last < 3 {
+            last = c
+                .next_event(T)
+                .await
+                .and_then(|f| f.seq())
+                .expect("an event on a held stream");
+        }
+    }
+
+    // A new stream is refused at once: HAProxy has no edge left for it.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let r = tokio::time::timeout(T, http.get(&events).send())
+            .await
+            .expect("refused, not left hanging")
+            .expect("response");
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: serde_json::Value = r.json().await.expect("503 with a JSON body");
+        assert!(
+            body["error"] == "no_capacity" || body["error"] == "too_many_connections",
+            "{body}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        codes.push(body["error"].as_str().unwrap_or_default().to_owned());
+    }
+    println!("  full: publish 201, snapshot and history 200, new streams refused: {codes:?}");
+    let ws = format!("ws://{lb}/v1/tasks/{task}/ws");
+    let refused = tokio::time::timeout(T, WsClient::connect(&ws))
+        .await
+        .expect("refused, not left hanging");
+    assert_eq!(refused.err(), Some(503));
+
+    // Released: the edges take streams again.
+    drop(held);
+    wait_all_up(http, stats, Duration::from_secs(30)).await;
+    let mut c = tokio::time::timeout(T, SseClient::connect(&events, None))
+        .await
+        .expect("answered");
+    assert_eq!(c.status, 200, "{:?}", c.body);
+    assert_eq!(c.next_event(T).await.and_then(|f| f.seq()), Some(3));
 }
