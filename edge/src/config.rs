@@ -19,6 +19,24 @@ pub const DEFAULT_EXTRA_OPEN_CONNECTIONS: usize = 256;
 pub const DEFAULT_HEAD_TIMEOUT_SECS: u64 = 20;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 20;
 
+/// Most open connections of the admin listener (operators and scrapers).
+pub const ADMIN_MAX_OPEN_CONNECTIONS: usize = 64;
+
+/// Where a node serves its operator surface: the dashboard, its stats
+/// stream and `/metrics`. They show every live subscription's task id,
+/// every node's internal address and the cluster's layout, so a node that
+/// checks subscriber tokens never serves them on its public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorSurface {
+    /// On its own listener (`--admin-listen`), and nowhere else.
+    Admin(SocketAddr),
+    /// On the public port: subscriber auth is off anyway (`--insecure`,
+    /// `--demo`), and the demo is one command.
+    Public,
+    /// Nowhere: auth is on and no `--admin-listen` was given.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -35,6 +53,15 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "SLUICE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+
+    /// Address of the operator surface: the dashboard (`/`), its stats
+    /// stream (`/v1/dashboard/events`) and `/metrics`, plus `/healthz`,
+    /// `/readyz` and `/capacity`. When set, the public port no longer
+    /// serves the first three. Unset: they are served on the public port
+    /// only when subscriber auth is off (`--insecure`, `--demo`); with
+    /// `--auth-secret` they are not served at all. Never expose it publicly.
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Redis URL (`redis://`, `rediss://` for TLS). Absent: an embedded
     /// in-memory store (single node, nothing persisted).
@@ -183,6 +210,16 @@ impl Config {
         })
     }
 
+    /// Where the operator surface is served (see [`OperatorSurface`]).
+    pub fn operator_surface(&self) -> OperatorSurface {
+        match self.admin_listen {
+            Some(addr) => OperatorSurface::Admin(addr),
+            // The same test as `Access`: any secret turns auth on.
+            None if self.auth_secret.is_empty() => OperatorSurface::Public,
+            None => OperatorSurface::Off,
+        }
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs)
     }
@@ -236,5 +273,47 @@ impl Config {
             .as_deref()
             .map(sluice_broker::connect::redact_url);
         format!("{c:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut argv = vec!["sluice-edge"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).expect("valid flags")
+    }
+
+    #[test]
+    fn the_operator_surface_is_public_only_without_auth() {
+        let secret = "0123456789abcdef";
+        assert_eq!(
+            parse(&["--insecure"]).operator_surface(),
+            OperatorSurface::Public
+        );
+        assert_eq!(
+            parse(&["--demo"]).operator_surface(),
+            OperatorSurface::Public
+        );
+        assert_eq!(
+            parse(&["--auth-secret", secret]).operator_surface(),
+            OperatorSurface::Off
+        );
+        // --insecure does not turn auth off when a secret is given.
+        assert_eq!(
+            parse(&["--insecure", "--auth-secret", secret]).operator_surface(),
+            OperatorSurface::Off
+        );
+        let admin: SocketAddr = "127.0.0.1:9090".parse().expect("addr");
+        for extra in [&["--insecure"][..], &["--auth-secret", secret][..]] {
+            let mut args = vec!["--admin-listen", "127.0.0.1:9090"];
+            args.extend_from_slice(extra);
+            assert_eq!(
+                parse(&args).operator_surface(),
+                OperatorSurface::Admin(admin)
+            );
+        }
     }
 }

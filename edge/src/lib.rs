@@ -59,11 +59,10 @@ pub mod wire;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
-pub use node::Node;
+pub use node::{Listeners, Node};
 
 use crate::store::Store;
 
@@ -77,18 +76,18 @@ pub async fn build_store(config: &Config, node_id: &str) -> anyhow::Result<Arc<d
     })
 }
 
-/// Runs a node on `listener` until `shutdown` fires, then drains: readiness
+/// Runs a node on `listeners` until `shutdown` fires, then drains: readiness
 /// goes false, new connections are refused, existing clients are asked to
 /// reconnect elsewhere over the drain window, the node's consumer groups
 /// are released, and the function returns.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let node_id = config.node_id();
     let store = build_store(&config, &node_id).await?;
-    Node::start(&config, node_id, store, listener)
+    Node::start(&config, node_id, store, listeners)
         .await?
         .run_until(shutdown)
         .await;

@@ -20,16 +20,16 @@ async fn main() -> std::process::ExitCode {
         }
     }
     tracing::info!(config = %config.redacted(), "starting");
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listeners = match sluice_edge::Listeners::bind(&config).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("sluice-edge: cannot listen on {}: {e}", config.listen);
+            eprintln!("sluice-edge: {e}");
             return std::process::ExitCode::from(2);
         }
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal(shutdown.clone()));
-    match sluice_edge::run(config, listener, shutdown).await {
+    match sluice_edge::run(config, listeners, shutdown).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sluice-edge: {e:#}");

@@ -1,6 +1,7 @@
 //! A node's lifetime. [`Node::start`] builds the node's parts and starts
-//! everything it runs (feed reader, registry, demo producer, HTTP server;
-//! WebSocket sessions join later) on one [`Tasks`]. [`Node::stop`] drains
+//! everything it runs (feed reader, registry, demo producer, HTTP server
+//! and, with `--admin-listen`, the admin server; WebSocket sessions join
+//! later) on one [`Tasks`]. [`Node::stop`] drains
 //! and stops them in order:
 //!
 //! 1. draining: readiness goes false and new streams are refused;
@@ -9,12 +10,13 @@
 //!    window plus [`DRAIN_SLACK`]);
 //! 3. the feed reader stops (so nothing recreates the node's groups);
 //! 4. the node's consumer groups are released;
-//! 5. everything else stops (registry, demo, server), and whatever is still
+//! 5. everything else stops (registry, demo, servers), and whatever is still
 //!    running after [`STOP_GRACE`] is aborted.
 //!
 //! One root token owns it all: each phase is a child token, and cancelling
 //! the root (also when a `Node` is dropped) aborts every task the node runs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +26,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::auth::Access;
 use crate::cluster::ClusterView;
-use crate::config::Config;
+use crate::config::{Config, OperatorSurface, ADMIN_MAX_OPEN_CONNECTIONS};
 use crate::http::{self, AppState, Publishing};
 use crate::hub::Hub;
 use crate::lifecycle::{Draining, Tasks};
@@ -43,6 +45,33 @@ pub const DRAIN_SLACK: Duration = Duration::from_secs(2);
 /// it is aborted.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// The node's listening sockets, bound before anything else starts.
+pub struct Listeners {
+    /// `--listen`: the public API.
+    pub public: TcpListener,
+    /// `--admin-listen`: the operator surface, when configured.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `--listen` and, when set, `--admin-listen`. The error is one
+    /// line naming the address (the binary exits 2 with it).
+    pub async fn bind(config: &Config) -> Result<Listeners, String> {
+        let public = bind(config.listen).await?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Listeners { public, admin })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
 /// A running node. Dropping it without [`Node::stop`] aborts everything it
 /// runs, without draining.
 pub struct Node {
@@ -53,20 +82,33 @@ pub struct Node {
     root: CancellationToken,
     /// Phase 3: stops the feed reader.
     stop_feed: CancellationToken,
-    /// Phase 5: stops the registry, the demo producer and the server.
+    /// Phase 5: stops the registry, the demo producer and the servers.
     stop_rest: CancellationToken,
     feed: AbortOnDropHandle<Option<()>>,
-    server: AbortOnDropHandle<Option<()>>,
+    /// The public server, then the admin one when there is one.
+    servers: Vec<AbortOnDropHandle<Option<()>>>,
 }
 
 impl Node {
-    /// Builds the node around `store` and starts serving on `listener`.
+    /// Builds the node around `store` and starts serving on `listeners`.
+    /// An admin listener is served only when `config` sets
+    /// `--admin-listen` (and then must be given).
     pub async fn start(
         config: &Config,
         node_id: String,
         store: Arc<dyn Store>,
-        listener: TcpListener,
+        listeners: Listeners,
     ) -> anyhow::Result<Node> {
+        let surface = config.operator_surface();
+        let admin_listener = match (surface, listeners.admin) {
+            (OperatorSurface::Admin(_), Some(l)) => Some(l),
+            (OperatorSurface::Admin(addr), None) => {
+                anyhow::bail!("--admin-listen {addr} is set but no admin listener was bound")
+            }
+            (_, Some(_)) => anyhow::bail!("an admin listener was given without --admin-listen"),
+            (_, None) => None,
+        };
+        let listener = listeners.public;
         let root = CancellationToken::new();
         // Until the node is built, an early return aborts what was started.
         let abort_on_error = root.clone().drop_guard();
@@ -77,7 +119,12 @@ impl Node {
             timeout: config.body_timeout(),
             metrics: status.metrics.clone(),
         };
-        let app = http::router(app_state(config, &status, &tasks), body);
+        let state = app_state(config, &status, &tasks);
+        let app = http::router(
+            state.clone(),
+            body.clone(),
+            surface == OperatorSurface::Public,
+        );
         let feed = {
             let (store, stop) = (status.store.clone(), stop_feed.clone());
             let sink: Arc<dyn FeedSink> = status.hub.clone();
@@ -96,18 +143,43 @@ impl Node {
             stop_rest.clone(),
         )?;
         tracing::info!(node = %status.node_id, %addr, store = status.store.kind(), "sluice-edge serving");
-        let server = AbortOnDropHandle::new(tasks.spawn(server::serve(
+        let limits = ServerLimits {
+            max_open: config.max_open_connections(),
+            head_timeout: config.head_timeout(),
+            write_timeout: config.write_timeout(),
+        };
+        let mut servers = vec![AbortOnDropHandle::new(tasks.spawn(server::serve(
             listener,
             app,
-            ServerLimits {
-                max_open: config.max_open_connections(),
-                head_timeout: config.head_timeout(),
-                write_timeout: config.write_timeout(),
-            },
+            limits,
             status.connections.clone(),
             tasks.clone(),
             stop_rest.clone(),
-        )));
+        )))];
+        match admin_listener {
+            Some(admin) => {
+                let admin_addr = admin.local_addr()?;
+                tracing::info!(addr = %admin_addr, "operator surface (dashboard, /metrics) on the admin listener");
+                // Connections of its own: operators never take the public
+                // port's slots, nor make the node look full.
+                let max_open = ADMIN_MAX_OPEN_CONNECTIONS;
+                let conns = Arc::new(Connections::new(max_open, status.metrics.clone()));
+                servers.push(AbortOnDropHandle::new(tasks.spawn(server::serve(
+                    admin,
+                    http::admin_router(state, body),
+                    ServerLimits { max_open, ..limits },
+                    conns,
+                    tasks.clone(),
+                    stop_rest.clone(),
+                ))));
+            }
+            None if surface == OperatorSurface::Off => tracing::warn!(
+                "the operator surface (/, /v1/dashboard/events, /metrics) is not served: \
+                 subscriber auth is on and no admin listener is set; \
+                 pass --admin-listen ADDR (SLUICE_ADMIN_LISTEN) on a private address to serve it"
+            ),
+            None => {}
+        }
         abort_on_error.disarm();
         Ok(Node {
             status,
@@ -117,7 +189,7 @@ impl Node {
             stop_feed,
             stop_rest,
             feed,
-            server,
+            servers,
         })
     }
 
@@ -167,10 +239,12 @@ impl Node {
                 "tasks still running 5 s after the stop were aborted"
             );
         }
-        match (&mut self.server).await {
-            Ok(Some(())) => {}
-            Ok(None) => tracing::warn!("server did not stop within 5 s"),
-            Err(e) => tracing::warn!(cause = %e, "server task failed"),
+        for server in &mut self.servers {
+            match server.await {
+                Ok(Some(())) => {}
+                Ok(None) => tracing::warn!("server did not stop within 5 s"),
+                Err(e) => tracing::warn!(cause = %e, "server task failed"),
+            }
         }
         tracing::info!(node = %self.status.node_id, "stopped");
     }

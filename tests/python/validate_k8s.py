@@ -8,8 +8,10 @@
 2. Sluice's own rules, which a schema cannot see: selectors match the pod
    labels, probes point at /healthz and /readyz, the grace period is above
    preStop + drain time, requests are set (the HPA scales on CPU), the
-   HPA, PDB and Service target the Deployment, and the kustomization's
-   config carries the Redis URL.
+   HPA, PDB and Service target the Deployment, the kustomization's config
+   carries the Redis URL, and the operator surface (dashboard, /metrics) is
+   on its own port (SLUICE_ADMIN_LISTEN), scraped there and kept out of the
+   Service.
 
     python3 tests/python/validate_k8s.py [-k 1.30.0 -k 1.37.0] [DIR]
 
@@ -130,6 +132,23 @@ def main() -> int:
     check("distinct node ids (SLUICE_NODE_ID from the pod name)",
           env.get("SLUICE_NODE_ID", {}).get("valueFrom", {}).get("fieldRef", {})
           .get("fieldPath") == "metadata.name")
+    # The operator surface: its own container port, scraped there, never
+    # behind the Service (its stats stream names live tasks and pods).
+    admin = env.get("SLUICE_ADMIN_LISTEN", {}).get("value") or cfg.get("SLUICE_ADMIN_LISTEN", "")
+    admin_port = int(admin.rsplit(":", 1)[1]) if admin.rsplit(":", 1)[-1].isdigit() else None
+    ports = {p.get("name"): p.get("containerPort") for p in edge.get("ports", [])}
+    check("operator surface on its own container port (SLUICE_ADMIN_LISTEN)",
+          admin_port is not None and admin_port in ports.values()
+          and admin_port != ports.get("http"), f"SLUICE_ADMIN_LISTEN={admin!r}, ports {ports}")
+    ann = pod["metadata"].get("annotations", {})
+    check("Prometheus scrapes the admin port",
+          ann.get("prometheus.io/scrape") != "true"
+          or ann.get("prometheus.io/port") == str(admin_port),
+          f"prometheus.io/port {ann.get('prometheus.io/port')!r}, admin port {admin_port}")
+    svc_targets = {ports.get(p["targetPort"], p["targetPort"])
+                   for p in svc.get("spec", {}).get("ports", [])}
+    check("Service does not expose the admin port", admin_port not in svc_targets,
+          f"Service targets {svc_targets}")
     image_names = {i.get("name") for i in kust.get("images", [])}
     check("kustomization sets the edge image", edge["image"] in image_names)
     return report()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use sluice_edge::status::NodeStatus;
-use sluice_edge::{Config, Node};
+use sluice_edge::{Config, Listeners, Node};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,8 @@ use crate::redis_fixture::RedisFixture;
 
 pub struct EdgeHandle {
     pub addr: SocketAddr,
+    /// The admin listener's address (`--admin-listen`), when set.
+    pub admin: Option<SocketAddr>,
     pub state: Arc<NodeStatus>,
     pub shutdown: CancellationToken,
     join: Option<JoinHandle<()>>,
@@ -24,6 +26,15 @@ pub struct EdgeHandle {
 impl EdgeHandle {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on the admin listener; the edge must have been started with
+    /// `--admin-listen 127.0.0.1:0`.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self
+            .admin
+            .expect("the edge was started with --admin-listen");
+        format!("http://{admin}{path}")
     }
 
     /// Starts draining and waits for the node to stop.
@@ -45,28 +56,33 @@ impl Drop for EdgeHandle {
 }
 
 /// Starts an edge with `args` (as on the command line, without the program
-/// name; `--listen` is set here) and waits until `/readyz` says ready.
+/// name; `--listen` is set here; `--admin-listen 127.0.0.1:0` adds an admin
+/// listener, see [`EdgeHandle::admin_url`]) and waits until `/readyz` says
+/// ready.
 pub async fn spawn_edge(args: &[&str]) -> EdgeHandle {
     let mut argv = vec!["sluice-edge", "--listen", "127.0.0.1:0"];
     argv.extend_from_slice(args);
     let config = Config::try_parse_from(argv).expect("valid edge config");
     config.validate().expect("valid edge config");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let listeners = Listeners::bind(&config).await.expect("bind");
+    let addr = listeners.public.local_addr().expect("addr");
+    let admin = listeners
+        .admin
+        .as_ref()
+        .map(|l| l.local_addr().expect("admin addr"));
     let node_id = config.node_id();
     let store = sluice_edge::build_store(&config, &node_id)
         .await
         .expect("store");
     let shutdown = CancellationToken::new();
-    let node = Node::start(&config, node_id, store, listener)
+    let node = Node::start(&config, node_id, store, listeners)
         .await
         .expect("edge started");
     let state = node.status();
     let join = tokio::spawn(node.run_until(shutdown.clone()));
     let edge = EdgeHandle {
         addr,
+        admin,
         state,
         shutdown,
         join: Some(join),

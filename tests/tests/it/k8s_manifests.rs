@@ -63,8 +63,9 @@ fn k8s_manifests_are_valid() {
     }
 }
 
-/// The validator is not a rubber stamp: a typo'd field, a wrong probe path
-/// and a grace period below the drain time are each caught.
+/// The validator is not a rubber stamp: a typo'd field, a wrong probe path,
+/// a grace period below the drain time, and metrics scraped or the admin
+/// listener put on the public port are each caught.
 #[test]
 fn k8s_validator_rejects_broken_manifests() {
     let src = root().join("deploy/k8s");
@@ -85,6 +86,16 @@ fn k8s_validator_rejects_broken_manifests() {
             "terminationGracePeriodSeconds: 40",
             "terminationGracePeriodSeconds: 20",
             "FAIL  terminationGracePeriodSeconds",
+        ),
+        (
+            "prometheus.io/port: \"9090\"",
+            "prometheus.io/port: \"8080\"",
+            "FAIL  Prometheus scrapes the admin port",
+        ),
+        (
+            "- name: SLUICE_ADMIN_LISTEN\n              value: 0.0.0.0:9090",
+            "- name: SLUICE_ADMIN_LISTEN\n              value: 0.0.0.0:8080",
+            "FAIL  operator surface on its own container port",
         ),
     ];
     for (from, to, expect) in breakages {

@@ -9,6 +9,7 @@
 //! cargo test -p sluice-tests --test it -- sse_resume::  # one area
 //! ```
 
+mod admin;
 mod fuzz_inputs;
 mod hostile;
 mod k8s_manifests;

@@ -67,7 +67,7 @@ async fn tokens_gate_every_read_endpoint() {
     let secrets = format!("{S1},{S2}");
     let (redis, edge) = TestEdge::redis()
         .secure()
-        .args(&["--auth-secret", &secrets])
+        .args(&["--auth-secret", &secrets, "--admin-listen", "127.0.0.1:0"])
         .start()
         .await;
     let p = Publisher::connect(&redis.url()).await.expect("publisher");
@@ -166,7 +166,7 @@ async fn tokens_gate_every_read_endpoint() {
     assert_eq!(c.envelope(T).await["seq"], json!(1));
 
     let m = client
-        .get(edge.url("/metrics"))
+        .get(edge.admin_url("/metrics"))
         .send()
         .await
         .expect("m")
@@ -789,10 +789,13 @@ impl LoggedEdge {
 async fn query_tokens_are_never_logged() {
     sluice_tests::init_logs();
     let redis = RedisFixture::start().await;
+    let admin = format!("127.0.0.1:{}", sluice_tests::free_port());
     let edge = LoggedEdge::start(
         &[
             "--redis-url",
             &redis.url(),
+            "--admin-listen",
+            &admin,
             "--auth-secret",
             S1,
             "--drain-secs",
@@ -873,7 +876,7 @@ async fn query_tokens_are_never_logged() {
         assert_eq!(resp.status().as_u16(), status, "{path}");
     }
     let mut dash = SseClient::connect(
-        &edge.url(&format!("/v1/dashboard/events?task={task}&token={valid}")),
+        &format!("http://{admin}/v1/dashboard/events?task={task}&token={valid}"),
         None,
     )
     .await;

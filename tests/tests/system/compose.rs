@@ -12,6 +12,17 @@
 //!    (`docker-compose stop -t 30`, it drains and exits 0) and started again,
 //!    waiting until HAProxy sees it UP; same result, and every client was
 //!    moved at least once.
+//! 3. A full fleet keeps serving: every edge is filled to its stream limit
+//!    (`SLUICE_MAX_CONNECTIONS` is small here) with streams held through the
+//!    LB. HAProxy takes them all out of `streams` (checked on `/capacity`)
+//!    but keeps them in `edges` (`/readyz`): publishes (201), snapshots and
+//!    history (200) still go through, the held streams still get events,
+//!    and a new stream is refused by an edge (503 JSON, or an EventSource's
+//!    200 `retry:`) instead of hanging.
+//!    Once the streams are released, a new stream is served again.
+//!
+//! Also: the operator surface (dashboard, `/metrics`) answers only on the
+//! stack's admin port, never through the public one.
 //!
 //! The images come from deploy/images/build-all.sh (tests/setup.sh runs it).
 //! The stack gets a unique project name and is always removed (`down -v`).
@@ -33,6 +44,10 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
 /// The drain window of the edges in this test.
 const DRAIN_SECS: &str = "4";
+/// Each edge's stream limit here: above what phases 1 and 2 put on one
+/// edge (8 clients in all), small enough to fill every edge in phase 3.
+const MAX_STREAMS_PER_EDGE: usize = 12;
+const PUBLISH_KEY: &str = "compose-test-publish-key";
 
 const IMAGES: [(&str, &str); 4] = [
     ("SLUICE_REDIS_IMAGE", "sluice-redis:7"),
@@ -77,14 +92,16 @@ impl Stack {
             .args(["-p", &self.project])
             .args(args)
             .env("SLUICE_HTTP_PORT", "0")
+            .env("SLUICE_ADMIN_PORT", "0")
             .env("SLUICE_STATS_PORT", "0")
             .env("SLUICE_REDIS_PORT", "0")
             .env("SLUICE_DRAIN_SECS", DRAIN_SECS)
             .env("SLUICE_HEARTBEAT_SECS", "2")
             .env("SLUICE_DEMO_INTERVAL", "200ms")
             .env("SLUICE_INSECURE", "true")
-            .env_remove("SLUICE_AUTH_SECRET")
-            .env_remove("SLUICE_PUBLISH_KEY");
+            .env("SLUICE_MAX_CONNECTIONS", MAX_STREAMS_PER_EDGE.to_string())
+            .env("SLUICE_PUBLISH_KEY", PUBLISH_KEY)
+            .env_remove("SLUICE_AUTH_SECRET");
         c
     }
 
@@ -454,7 +471,7 @@ async fn collect(clients: Vec<tokio::task::JoinHandle<Report>>, last: u64) -> Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compose_stack_survives_kill_and_rolling_restart() {
+async fn compose_stack_survives_kill_rolling_restart_and_a_full_fleet() {
     sluice_tests::init_logs();
     let _one = sluice_tests::chaos::exclusive().await;
     let t0 = Instant::now();
@@ -471,6 +488,7 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
     };
     stack.run(&["up", "-d", "--no-build"]).await;
     let lb = stack.port("haproxy", 8080).await;
+    let admin = stack.port("haproxy", 9090).await;
     let stats = stack.port("haproxy", 8404).await;
     let redis = stack.port("redis", 6379).await;
     let http = reqwest::Client::builder()
@@ -502,6 +520,8 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
         assert!(Instant::now() < end, "the demo producer published nothing");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    operator_surface_only_on_the_admin_port(&http, &lb, &admin).await;
 
     let publisher = Publisher::connect(&format!("redis://{redis}"))
         .await
@@ -621,6 +641,200 @@ async fn compose_stack_survives_kill_and_rolling_restart() {
         last,
         phase.elapsed()
     );
+
+    // --- 3. every edge full ---------------------------------------------
+    let phase = Instant::now();
+    full_fleet_keeps_serving(&http, &lb, &stats).await;
+    println!("full fleet phase in {:?}", phase.elapsed());
     drop(stack);
     println!("compose system test done in {:?}", t0.elapsed());
+}
+
+/// The dashboard and `/metrics` answer on the admin port (HAProxy's `admin`
+/// frontend to the edges' SLUICE_ADMIN_LISTEN) and are 404 through the
+/// public one.
+async fn operator_surface_only_on_the_admin_port(http: &reqwest::Client, lb: &str, admin: &str) {
+    for path in ["/", "/metrics"] {
+        let r = http
+            .get(format!("http://{lb}{path}"))
+            .send()
+            .await
+            .expect("public");
+        assert_eq!(r.status(), 404, "{path} through the public port");
+        let body: serde_json::Value = r.json().await.expect("JSON 404");
+        assert_eq!(body["error"], "not_found");
+    }
+    // The admin backend's first checks may still be pending.
+    let end = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        match http.get(format!("http://{admin}/metrics")).send().await {
+            Ok(r) if r.status() == 200 => break r.text().await.expect("metrics text"),
+            other => {
+                assert!(Instant::now() < end, "admin port: {other:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(metrics.contains("sluice_edge_connections"), "{metrics}");
+    let page = http
+        .get(format!("http://{admin}/"))
+        .send()
+        .await
+        .expect("dashboard");
+    assert_eq!(page.status(), 200);
+}
+
+/// Waits until HAProxy's view satisfies `ok`.
+async fn wait_lb(
+    http: &reqwest::Client,
+    stats: &str,
+    what: &str,
+    deadline: Duration,
+    ok: impl Fn(&HashMap<String, String>) -> bool,
+) {
+    let end = Instant::now() + deadline;
+    loop {
+        let s = lb_status(http, stats).await;
+        if ok(&s) {
+            return;
+        }
+        assert!(Instant::now() < end, "{what}: HAProxy sees {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Phase 3 (see the module documentation).
+async fn full_fleet_keeps_serving(http: &reqwest::Client, lb: &str, stats: &str) {
+    const T: Duration = Duration::from_secs(10);
+    let task = unique_task("full");
+    let events = format!("http://{lb}/v1/tasks/{task}/events");
+    let publish = |i: u64| {
+        http.post(&events)
+            .bearer_auth(PUBLISH_KEY)
+            .json(&json!({"type": "progress", "data": {"i": i}}))
+            .send()
+    };
+    let r = publish(1).await.expect("publish");
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+
+    // Fill every edge. HAProxy balances by its own connection count; an
+    // edge still counting a stream of the earlier phases answers 503 for a
+    // moment, retried here.
+    let capacity = EDGES.len() * MAX_STREAMS_PER_EDGE;
+    let mut held = Vec::with_capacity(capacity);
+    let end = Instant::now() + Duration::from_secs(30);
+    while held.len() < capacity {
+        assert!(
+            Instant::now() < end,
+            "held only {} of {capacity} streams",
+            held.len()
+        );
+        let c = tokio::time::timeout(T, SseClient::connect(&events, None))
+            .await
+            .expect("a stream is answered, not left hanging");
+        match c.status {
+            200 => held.push(c),
+            503 => tokio::time::sleep(Duration::from_millis(200)).await,
+            s => panic!("stream {}: status {s}: {:?}", held.len(), c.body),
+        }
+    }
+    let up = |s: &HashMap<String, String>, k: &str| s.get(k).map(String::as_str) == Some("UP");
+    wait_lb(
+        http,
+        stats,
+        "every edge out of `streams`, all still in `edges`",
+        Duration::from_secs(15),
+        |s| {
+            EDGES.iter().all(|e| {
+                up(s, e) && s.get(&format!("streams/{e}")).map(String::as_str) == Some("DOWN")
+            })
+        },
+    )
+    .await;
+    println!("  {capacity} streams held: every edge full");
+
+    // Readiness, publishes, snapshots and history still go through.
+    let r = http
+        .get(format!("http://{lb}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 200);
+    for i in 2..=3 {
+        let r = publish(i).await.expect("publish to a full fleet");
+        assert_eq!(r.status(), 201, "publish {i}: {:?}", r.text().await);
+    }
+    let snap: serde_json::Value = {
+        let r = http
+            .get(format!("http://{lb}/v1/tasks/{task}"))
+            .send()
+            .await
+            .expect("snapshot");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("snapshot JSON")
+    };
+    assert_eq!(snap["seq"], json!(3), "{snap}");
+    let history: Vec<serde_json::Value> = {
+        let r = http
+            .get(format!("http://{lb}/v1/tasks/{task}/history?after=0"))
+            .send()
+            .await
+            .expect("history");
+        assert_eq!(r.status(), 200);
+        r.json().await.expect("history JSON")
+    };
+    let seqs: Vec<u64> = history.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    // The held streams are served: snapshot (1), then 2 and 3 live.
+    for c in &mut held {
+        let mut last = 0;
+        while last < 3 {
+            last = c
+                .next_event(T)
+                .await
+                .and_then(|f| f.seq())
+                .expect("an event on a held stream");
+        }
+    }
+
+    // A new stream is refused, not left hanging: HAProxy has no edge with
+    // room for it in `streams`, so it goes to an edge anyway, which refuses
+    // it in the shape its client survives.
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let r = tokio::time::timeout(T, http.get(&events).send())
+            .await
+            .expect("refused, not left hanging")
+            .expect("response");
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        let body: serde_json::Value = r.json().await.expect("503 with a JSON body");
+        assert_eq!(
+            body["error"], "too_many_connections",
+            "an edge's refusal: {body}"
+        );
+        codes.push(body["error"].as_str().unwrap_or_default().to_owned());
+    }
+    // An EventSource (Accept: text/event-stream) gets the edge's 200 +
+    // `retry:` refusal, which it survives (HAProxy's own 503 would end it).
+    let es = tokio::time::timeout(T, SseClient::connect(&events, None))
+        .await
+        .expect("refused, not left hanging");
+    assert_eq!(es.status, 200, "{:?}", es.body);
+    assert_eq!(es.refused(), Some("too_many_connections"));
+    println!("  full: publish 201, snapshot and history 200, new streams refused: {codes:?}");
+    let ws = format!("ws://{lb}/v1/tasks/{task}/ws");
+    let refused = tokio::time::timeout(T, WsClient::connect(&ws))
+        .await
+        .expect("refused, not left hanging");
+    assert_eq!(refused.err(), Some(503));
+
+    // Released: the edges take streams again.
+    drop(held);
+    wait_all_up(http, stats, Duration::from_secs(30)).await;
+    let mut c = tokio::time::timeout(T, SseClient::connect(&events, None))
+        .await
+        .expect("answered");
+    assert_eq!(c.status, 200, "{:?}", c.body);
+    assert_eq!(c.next_event(T).await.and_then(|f| f.seq()), Some(3));
 }
