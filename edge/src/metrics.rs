@@ -1,14 +1,28 @@
 //! Prometheus metrics of one node (prometheus-client). Labels stay
 //! low-cardinality: never a task id.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+/// Label values are lower snake case, as Prometheus conventions have them
+/// (`transport="sse"`): each enum names its values in `as_str`.
+macro_rules! label_values {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                EncodeLabelValue::encode(&self.as_str(), encoder)
+            }
+        }
+    )*};
+}
+
+label_values!(Transport, RefuseReason, RedisOp);
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Transport {
     Sse,
     Ws,
@@ -29,7 +43,7 @@ pub struct TransportLabel {
     pub transport: Transport,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RefuseReason {
     ConnectionLimit,
     ConnectRate,
@@ -40,12 +54,54 @@ pub enum RefuseReason {
     Unavailable,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+impl RefuseReason {
+    pub const ALL: [RefuseReason; 7] = [
+        RefuseReason::ConnectionLimit,
+        RefuseReason::ConnectRate,
+        RefuseReason::Draining,
+        RefuseReason::Unauthorized,
+        RefuseReason::Forbidden,
+        RefuseReason::BadRequest,
+        RefuseReason::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::ConnectionLimit => "connection_limit",
+            RefuseReason::ConnectRate => "connect_rate",
+            RefuseReason::Draining => "draining",
+            RefuseReason::Unauthorized => "unauthorized",
+            RefuseReason::Forbidden => "forbidden",
+            RefuseReason::BadRequest => "bad_request",
+            RefuseReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RedisOp {
     Publish,
     Snapshot,
     History,
     Ping,
+}
+
+impl RedisOp {
+    pub const ALL: [RedisOp; 4] = [
+        RedisOp::Publish,
+        RedisOp::Snapshot,
+        RedisOp::History,
+        RedisOp::Ping,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisOp::Publish => "publish",
+            RedisOp::Snapshot => "snapshot",
+            RedisOp::History => "history",
+            RedisOp::Ping => "ping",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -112,24 +168,11 @@ impl Default for Metrics {
             let _ = m.connections.get_or_create(&TransportLabel { transport });
             let _ = m.delivered.get_or_create(&TransportLabel { transport });
         }
-        for op in [
-            RedisOp::Publish,
-            RedisOp::Snapshot,
-            RedisOp::History,
-            RedisOp::Ping,
-        ] {
+        for op in RedisOp::ALL {
             let _ = m.redis_errors.get_or_create(&OpLabel { op });
             let _ = m.redis_duration.get_or_create(&OpLabel { op });
         }
-        for reason in [
-            RefuseReason::ConnectionLimit,
-            RefuseReason::ConnectRate,
-            RefuseReason::Draining,
-            RefuseReason::Unauthorized,
-            RefuseReason::Forbidden,
-            RefuseReason::BadRequest,
-            RefuseReason::Unavailable,
-        ] {
+        for reason in RefuseReason::ALL {
             let _ = m.refused.get_or_create(&ReasonLabel { reason });
         }
         m

@@ -2,7 +2,7 @@
 //!
 //! The exposition is parsed (OpenMetrics text, as prometheus-client writes
 //! it) and every series is looked up by metric name and exact label set, so
-//! `..._total 1` cannot be satisfied by `..._total 10`, nor `{op="Publish"}`
+//! `..._total 1` cannot be satisfied by `..._total 10`, nor `{op="publish"}`
 //! by a series with more labels. The parser is a small strict one below:
 //! `prometheus-parse` (the maintained Apache-2.0 crate) reads the Prometheus
 //! 0.0.4 format with regexes, silently skips lines it cannot parse and splits
@@ -194,14 +194,14 @@ fn parse_sample(line: &str) -> Option<(String, Labels, f64)> {
 #[test]
 fn exposition_lookups_are_exact() {
     let text = "# HELP x_events Events.\n# TYPE x_events counter\nx_events_total 10\n\
-                # TYPE x_conn gauge\nx_conn{transport=\"Sse\"} 1\nx_conn{transport=\"Sse\",extra=\"a\\\"b,c=d\"} 7\n\
+                # TYPE x_conn gauge\nx_conn{transport=\"sse\"} 1\nx_conn{transport=\"sse\",extra=\"a\\\"b,c=d\"} 7\n\
                 # TYPE x_lat histogram\n# UNIT x_lat seconds\nx_lat_sum 0.5\nx_lat_count 4\nx_lat_bucket{le=\"+Inf\"} 4\n# EOF\n";
     let e = Exposition::parse(text);
     assert_eq!(e.value("x_events_total", &[]), 10.0);
     assert_ne!(e.value("x_events_total", &[]), 1.0);
-    assert_eq!(e.value("x_conn", &[("transport", "Sse")]), 1.0);
+    assert_eq!(e.value("x_conn", &[("transport", "sse")]), 1.0);
     assert_eq!(
-        e.value("x_conn", &[("extra", "a\"b,c=d"), ("transport", "Sse")]),
+        e.value("x_conn", &[("extra", "a\"b,c=d"), ("transport", "sse")]),
         7.0
     );
     assert_eq!(e.value("x_lat_bucket", &[("le", "+Inf")]), 4.0);
@@ -278,16 +278,50 @@ async fn metrics_after_a_known_workload() {
         .await
         .expect("t");
     let m = Exposition::parse(&text);
+    // Label values are lower snake case, and exactly the ones the README
+    // lists (a query written `transport="sse"` must match).
+    let documented: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("transport", &["sse", "ws"][..]),
+        (
+            "reason",
+            &[
+                "connection_limit",
+                "connect_rate",
+                "draining",
+                "unauthorized",
+                "forbidden",
+                "bad_request",
+                "unavailable",
+            ][..],
+        ),
+        ("op", &["publish", "snapshot", "history", "ping"][..]),
+    ]);
+    let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for (name, labels) in m.samples.keys() {
+        if !name.starts_with("sluice_edge_") {
+            continue;
+        }
+        for (k, v) in labels {
+            if documented.contains_key(k.as_str()) {
+                seen.entry(k.clone()).or_default().insert(v.clone());
+            }
+        }
+    }
+    for (label, values) in &documented {
+        let want: std::collections::BTreeSet<String> =
+            values.iter().map(|v| v.to_string()).collect();
+        assert_eq!(seen.get(*label), Some(&want), "values of label {label}");
+    }
     assert_eq!(m.value("sluice_edge_events_published_total", &[]), 5.0);
     assert_eq!(
         m.value(
             "sluice_edge_events_delivered_total",
-            &[("transport", "Sse")]
+            &[("transport", "sse")]
         ),
         5.0
     );
     assert_eq!(
-        m.value("sluice_edge_connections", &[("transport", "Sse")]),
+        m.value("sluice_edge_connections", &[("transport", "sse")]),
         1.0
     );
     assert_eq!(m.value("sluice_edge_subscriptions", &[]), 1.0);
@@ -295,7 +329,7 @@ async fn metrics_after_a_known_workload() {
     assert_eq!(
         m.value(
             "sluice_edge_connections_refused_total",
-            &[("reason", "ConnectionLimit")]
+            &[("reason", "connection_limit")]
         ),
         1.0
     );
@@ -308,13 +342,13 @@ async fn metrics_after_a_known_workload() {
     assert!(
         m.value(
             "sluice_edge_redis_command_duration_seconds_count",
-            &[("op", "Publish")]
+            &[("op", "publish")]
         ) >= 5.0
     );
     assert!(
         m.value(
             "sluice_edge_redis_command_duration_seconds_count",
-            &[("op", "Snapshot")]
+            &[("op", "snapshot")]
         ) >= 1.0
     );
     assert_eq!(

@@ -107,7 +107,7 @@ async fn connection_limit_is_exact_and_guarded() {
         .await
         .expect("t");
     assert!(
-        m.contains(r#"sluice_edge_connections_refused_total{reason="ConnectionLimit"} 3"#),
+        m.contains(r#"sluice_edge_connections_refused_total{reason="connection_limit"} 3"#),
         "{m}"
     );
 }

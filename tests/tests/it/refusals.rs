@@ -140,7 +140,7 @@ async fn connection_limit_refuses_event_sources_with_a_retry() {
     let ws = WsClient::connect(&format!("ws://{}/v1/tasks/{task}/ws", edge.addr)).await;
     assert_eq!(ws.err(), Some(503));
     // Every refusal counted, whatever its shape: 3 SSE, 3 JSON, 1 upgrade.
-    assert_eq!(refused_total(&edge, "ConnectionLimit").await, 7);
+    assert_eq!(refused_total(&edge, "connection_limit").await, 7);
 
     // Bad requests still fail as such first (400, not a refusal).
     let bad = get(
@@ -187,7 +187,7 @@ async fn connect_rate_refuses_event_sources_with_a_retry() {
     let (code, retry_after) = plain.expect("a JSON refusal");
     assert_eq!(code, "connect_rate_limited");
     assert!((1..=5).contains(&retry_after), "{retry_after}");
-    assert!(refused_total(&edge, "ConnectRate").await >= 2);
+    assert!(refused_total(&edge, "connect_rate").await >= 2);
 }
 
 #[tokio::test]
@@ -221,7 +221,7 @@ async fn draining_node_refuses_event_sources_with_a_short_retry() {
     assert_eq!((code.as_str(), retry_after), ("draining", 1));
     let ws = WsClient::connect(&format!("ws://{}/v1/tasks/{task}/ws", edge.addr)).await;
     assert_eq!(ws.err(), Some(503));
-    assert_eq!(refused_total(&edge, "Draining").await, 3);
+    assert_eq!(refused_total(&edge, "draining").await, 3);
     assert!(
         state.limits.in_use() > 0,
         "the node was still draining its streams"

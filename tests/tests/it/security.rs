@@ -174,7 +174,7 @@ async fn tokens_gate_every_read_endpoint() {
         .await
         .expect("t");
     assert!(
-        m.contains(r#"sluice_edge_connections_refused_total{reason="Forbidden"}"#),
+        m.contains(r#"sluice_edge_connections_refused_total{reason="forbidden"}"#),
         "{m}"
     );
 }
