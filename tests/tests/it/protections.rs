@@ -280,9 +280,12 @@ async fn drain_moves_clients_without_loss() {
     .await;
     let a_url = a.url("/readyz");
     a.shutdown.cancel();
-    // Readiness goes false at once.
-    let r = reqwest::get(&a_url).await.expect("readyz");
-    assert_eq!(r.status(), 503);
+    // Readiness goes false as soon as the node's stop task runs.
+    sluice_tests::wait_until("A not ready", T, || {
+        let a_url = a_url.clone();
+        async move { reqwest::get(&a_url).await.is_ok_and(|r| r.status() == 503) }
+    })
+    .await;
     let refused = SseClient::connect(&a.url(&format!("/v1/tasks/{task}/events")), None).await;
     assert_eq!(refused.refused(), Some("draining"));
 
