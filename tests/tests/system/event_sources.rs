@@ -155,7 +155,7 @@ async fn event_sources_survive_a_connect_rate_storm() {
     let refused: f64 = metrics
         .lines()
         .find_map(|l| {
-            l.strip_prefix(r#"sluice_edge_connections_refused_total{reason="ConnectRate"} "#)
+            l.strip_prefix(r#"sluice_edge_connections_refused_total{reason="connect_rate"} "#)
         })
         .map_or(0.0, |v| v.trim().parse().expect("a count"));
     println!(
