@@ -48,7 +48,9 @@ end
 return page
 ";
 
-static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(PAGE_SCRIPT));
+/// The script's SHA-1 (for `EVALSHA`).
+static SCRIPT_SHA: LazyLock<String> =
+    LazyLock::new(|| redis::Script::new(PAGE_SCRIPT).get_hash().to_owned());
 
 /// One page of the task log after `after`. An entry that does not decode
 /// ends the page: with [`StoreError::Corrupt`] when it is the first, else
@@ -64,14 +66,26 @@ pub(super) async fn page<C: ConnectionLike + Send>(
         return Ok(HistoryPage::default());
     };
     let keys = TaskKeys::new(task, shards);
-    let reply: redis::Value = SCRIPT
-        .key(&keys.log)
-        .arg(format!("{start}-0"))
-        .arg(limit.events.max(1))
-        .arg(limit.bytes.max(1))
-        .arg(CHUNK)
-        .invoke_async(conn)
-        .await?;
+    let call = |cmd: &str, script: &str| {
+        let mut c = redis::cmd(cmd);
+        c.arg(script)
+            .arg(1)
+            .arg(&keys.log)
+            .arg(format!("{start}-0"))
+            .arg(limit.events.max(1))
+            .arg(limit.bytes.max(1))
+            .arg(CHUNK);
+        c
+    };
+    // EVALSHA, and EVAL (which caches the script) when Redis does not know
+    // it: not `redis::Script`, whose `SCRIPT LOAD` the edge's documented
+    // ACL does not grant.
+    let reply: redis::Value = match call("EVALSHA", &SCRIPT_SHA).query_async(conn).await {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            call("EVAL", PAGE_SCRIPT).query_async(conn).await?
+        }
+        r => r?,
+    };
     let items = resp::entry_items(reply).map_err(|e| corrupt(task, e))?;
     let read = items.len();
     let mut stored = 0;
