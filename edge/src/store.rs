@@ -118,6 +118,16 @@ impl PageBuilder {
         self.page.events.is_empty()
     }
 
+    /// Events so far.
+    pub(crate) fn len(&self) -> usize {
+        self.page.events.len()
+    }
+
+    /// Envelope bytes so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// The page; `more` as the store found it.
     pub(crate) fn finish(mut self, more: bool) -> HistoryPage {
         self.page.more = more;

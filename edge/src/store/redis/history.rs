@@ -1,16 +1,25 @@
 //! History pages from a task log, bounded in bytes as well as in events.
 //!
 //! `XRANGE ... COUNT n` bounds entries, not bytes: a page of 1 000 events of
-//! 60 KB would arrive at once (60 MB as the reply, again as parsed entries,
-//! again decoded, then encoded). So a short read-only script walks the log
-//! on the server, [`CHUNK`] entries at a time, and returns entries until
-//! their stored bytes reach the page's budget; the edge then reads the
-//! reply one entry at a time (parse, decode, encode, drop the raw entry),
-//! and stops once the encoded envelopes reach the budget too. What one read
-//! holds at once is the reply (at most the budget plus one event) and the
-//! encoded page (the same), never `events` × their size.
-
-use std::sync::LazyLock;
+//! 60 KB read at once is 60 MB as the reply, again as parsed entries, again
+//! decoded, then encoded. So a page is read in several `XRANGE`s, each
+//! reply read one entry at a time (parse, decode, encode, drop the raw
+//! entry), and the page stops once the encoded envelopes reach its budget.
+//!
+//! How many entries one `XRANGE` asks for ([`Reads`]): the first read, as
+//! many as fit the budget if every entry were as large as producers may
+//! publish (`--max-data-bytes`); later reads, as many as fit what is left
+//! of the budget at the largest entry seen so far, but never more than
+//! [`GROWTH`] times the first. So a reply holds at most `GROWTH` × the
+//! budget (when a page's first events are small and the next ones as
+//! large as allowed), and the encoded page at most the budget plus one
+//! event: never `events` × their size. Small events still come in few
+//! round trips (1 000 of 200 bytes: 18 reads).
+//!
+//! A short Lua script could measure entries on the server and stop exactly
+//! at the budget in one round trip; measured on Redis 7.0 with 120-byte
+//! entries it cost Redis 1.15 µs per entry against 0.25 µs for `XRANGE`,
+//! and Redis is what every edge shares.
 
 use redis::aio::ConnectionLike;
 use sluice_broker::reader::{decode_for, entry_seq};
@@ -19,38 +28,46 @@ use sluice_shared::{Seq, StoredEvent, TaskId, TaskKeys};
 
 use crate::store::{HistoryPage, PageBuilder, PageLimit, StoreError};
 
-/// Entries the script reads per `XRANGE` (what Redis itself holds at once
-/// beyond the page: `CHUNK` entries).
-const CHUNK: usize = 16;
+/// What a log entry holds besides the event's data (task id, type, seq,
+/// timestamp, field name), generously.
+const ENTRY_OVERHEAD: usize = 512;
 
-/// `KEYS[1]` the log; `ARGV`: first id, most entries, byte budget, chunk.
-/// The entries with id >= the first, in order, until `most` of them or
-/// until their field values add up to the budget (the entry that reaches
-/// it is the last; at least one). `no-writes`: it runs whenever a read may
-/// (a Redis over `maxmemory` refuses scripts that might write).
-const PAGE_SCRIPT: &str = r"#!lua flags=no-writes
-local log, start = KEYS[1], ARGV[1]
-local left, budget, chunk = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local page, bytes = {}, 0
-while left > 0 do
-  local n = math.min(left, chunk)
-  local entries = redis.call('XRANGE', log, start, '+', 'COUNT', n)
-  for _, e in ipairs(entries) do
-    page[#page + 1] = e
-    left = left - 1
-    local fields = e[2]
-    for i = 2, #fields, 2 do bytes = bytes + #fields[i] end
-    if bytes >= budget then return page end
-  end
-  if #entries < n then return page end
-  start = '(' .. entries[#entries][1]
-end
-return page
-";
+/// A read asks for at most this many times the entries of the first one.
+pub const GROWTH: usize = 4;
 
-/// The script's SHA-1 (for `EVALSHA`).
-static SCRIPT_SHA: LazyLock<String> =
-    LazyLock::new(|| redis::Script::new(PAGE_SCRIPT).get_hash().to_owned());
+/// The entry counts of a page's `XRANGE`s.
+pub(super) struct Reads {
+    limit: PageLimit,
+    /// The first read's count: the budget at the largest possible entry.
+    first: usize,
+    /// The largest entry seen so far (0: none yet).
+    largest_seen: usize,
+}
+
+impl Reads {
+    pub(super) fn new(limit: PageLimit, max_data_bytes: usize) -> Self {
+        let largest = max_data_bytes.saturating_add(ENTRY_OVERHEAD);
+        Reads {
+            limit,
+            first: (limit.bytes / largest).clamp(1, limit.events.max(1)),
+            largest_seen: 0,
+        }
+    }
+
+    pub(super) fn saw(&mut self, entry_bytes: usize) {
+        self.largest_seen = self.largest_seen.max(entry_bytes);
+    }
+
+    /// The next read's count, given the page's events and bytes so far.
+    pub(super) fn next(&self, events: usize, bytes: usize) -> usize {
+        let left = self.limit.events.max(1).saturating_sub(events);
+        if self.largest_seen == 0 {
+            return self.first.min(left);
+        }
+        let fit = self.limit.bytes.saturating_sub(bytes) / self.largest_seen;
+        fit.clamp(1, self.first * GROWTH).min(left)
+    }
+}
 
 /// One page of the task log after `after`. An entry that does not decode
 /// ends the page: with [`StoreError::Corrupt`] when it is the first, else
@@ -61,62 +78,62 @@ pub(super) async fn page<C: ConnectionLike + Send>(
     shards: u32,
     after: Seq,
     limit: PageLimit,
+    max_data_bytes: usize,
 ) -> Result<HistoryPage, StoreError> {
-    let Some(start) = after.checked_add(1) else {
+    let Some(first) = after.checked_add(1) else {
         return Ok(HistoryPage::default());
     };
     let keys = TaskKeys::new(task, shards);
-    let call = |cmd: &str, script: &str| {
-        let mut c = redis::cmd(cmd);
-        c.arg(script)
-            .arg(1)
-            .arg(&keys.log)
-            .arg(format!("{start}-0"))
-            .arg(limit.events.max(1))
-            .arg(limit.bytes.max(1))
-            .arg(CHUNK);
-        c
-    };
-    // EVALSHA, and EVAL (which caches the script) when Redis does not know
-    // it: not `redis::Script`, whose `SCRIPT LOAD` the edge's documented
-    // ACL does not grant.
-    let reply: redis::Value = match call("EVALSHA", &SCRIPT_SHA).query_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            call("EVAL", PAGE_SCRIPT).query_async(conn).await?
-        }
-        r => r?,
-    };
-    let items = resp::entry_items(reply).map_err(|e| corrupt(task, e))?;
-    let read = items.len();
-    let mut stored = 0;
+    let mut reads = Reads::new(limit, max_data_bytes);
+    let mut start = format!("{first}-0");
     let mut page = PageBuilder::new(limit);
-    let mut taken = 0;
-    // By value: each raw entry is dropped once encoded.
-    for item in items {
-        taken += 1;
-        match decode(task, &item, &mut stored) {
-            Ok(ev) => {
-                if !page.push(&ev) {
-                    break;
+    loop {
+        let count = reads.next(page.len(), page.bytes());
+        if count == 0 {
+            return Ok(page.finish(true));
+        }
+        let reply: redis::Value = redis::cmd("XRANGE")
+            .arg(&keys.log)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(conn)
+            .await?;
+        let items = resp::entry_items(reply).map_err(|e| corrupt(task, e))?;
+        let got = items.len();
+        let mut last = None;
+        // By value: each raw entry is dropped once encoded.
+        for item in items {
+            match decode(task, &item, &mut reads) {
+                Ok(ev) => {
+                    last = Some(ev.seq);
+                    if !page.push(&ev) {
+                        // Full (events or bytes): the rest of this reply
+                        // is dropped unread.
+                        return Ok(page.finish(true));
+                    }
                 }
+                Err(what) if !page.is_empty() => {
+                    tracing::warn!(task = %task, cause = %what, "corrupt log entry");
+                    return Ok(page.finish(true));
+                }
+                Err(what) => return Err(corrupt(task, what)),
             }
-            Err(what) if !page.is_empty() => {
-                tracing::warn!(task = %task, cause = %what, "corrupt log entry");
-                break;
-            }
-            Err(what) => return Err(corrupt(task, what)),
+        }
+        match last {
+            Some(seq) if got == count => start = format!("({seq}-0"),
+            // The end of the log.
+            _ => return Ok(page.finish(false)),
         }
     }
-    // More may follow when the script stopped at a limit, or this side did.
-    let more = read >= limit.events || stored >= limit.bytes || taken < read || page.is_full();
-    Ok(page.finish(more))
 }
 
-/// One raw entry as an event of `task` whose seq is its id's; adds the
-/// entry's stored bytes to `stored`.
-fn decode(task: &TaskId, item: &redis::Value, stored: &mut usize) -> Result<StoredEvent, String> {
+/// One raw entry as an event of `task` whose seq is its id's (its size
+/// noted in `reads`).
+fn decode(task: &TaskId, item: &redis::Value, reads: &mut Reads) -> Result<StoredEvent, String> {
     let (id, fields) = resp::parse_entry(item).map_err(|e| e.to_string())?;
-    *stored += fields.values().map(Vec::len).sum::<usize>();
+    reads.saw(fields.values().map(Vec::len).sum());
     let bytes = fields
         .get("e")
         .ok_or_else(|| format!("entry {id} has no event"))?;
@@ -131,5 +148,37 @@ fn corrupt(task: &TaskId, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         task: task.to_string(),
         what: what.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_read_fits_the_budget_at_the_largest_possible_entry() {
+        let default = PageLimit::new(1000, 1024 * 1024);
+        assert_eq!(Reads::new(default, 65_536).next(0, 0), 15);
+        assert_eq!(Reads::new(default, 1024).next(0, 0), 682);
+        assert_eq!(
+            Reads::new(PageLimit::new(100, 1 << 20), 1024).next(0, 0),
+            100
+        );
+        assert_eq!(Reads::new(PageLimit::new(1000, 1000), 65_536).next(0, 0), 1);
+    }
+
+    #[test]
+    fn later_reads_grow_while_entries_are_small_and_never_past_growth() {
+        let mut reads = Reads::new(PageLimit::new(1000, 1024 * 1024), 65_536);
+        reads.saw(200);
+        assert_eq!(reads.next(15, 3_000), 15 * GROWTH);
+        assert_eq!(
+            reads.next(990, 200_000),
+            10,
+            "no more than the page's events"
+        );
+        reads.saw(60_000);
+        assert_eq!(reads.next(100, 524_288), 8, "what is left of the budget");
+        assert_eq!(reads.next(100, 1_100_000), 1, "at least one");
     }
 }

@@ -10,7 +10,7 @@
 //! - `loss`: loss detection per shard feed (skipped, trimmed, lost
 //!   writes), pure accounting the reader acts on.
 //! - `control`: where a reader sends its short commands.
-//! - `history`: history pages bounded in bytes (a read-only script).
+//! - `history`: history pages bounded in bytes.
 //!
 //! Reply parsing is `sluice_broker::resp`, Redis error classes
 //! `sluice_broker::error`, feed keys `sluice_shared::keys`.
@@ -32,6 +32,7 @@ use sluice_shared::{keys, Seq, TaskId};
 use tokio_util::sync::CancellationToken;
 
 use self::feed::{FeedReader, FeedSettings};
+pub use self::history::GROWTH as HISTORY_READ_GROWTH;
 use super::{FeedSink, HistoryPage, PageLimit, Store, StoreError};
 
 pub struct RedisStore {
@@ -130,7 +131,8 @@ impl Store for RedisStore {
             crate::metrics::RedisOp::History,
             bounded(async {
                 let mut conn = self.pool().get().await?;
-                history::page(&mut conn, task, self.shards(), after, limit).await
+                let max_data = self.publisher.config().max_data_bytes;
+                history::page(&mut conn, task, self.shards(), after, limit, max_data).await
             }),
         )
         .await
