@@ -10,6 +10,7 @@
 //! ```
 
 mod fuzz_inputs;
+mod held_memory;
 mod k8s_manifests;
 mod load_smoke;
 mod metrics;
