@@ -198,9 +198,10 @@ impl EventSize {
         PAGE.min(PAGE_BYTES.div_ceil(self.json))
     }
 
-    /// Bytes of a history page while it is read: the Redis reply (the
-    /// page's stored bytes; `store/redis/history.rs` parses and decodes it
-    /// one entry at a time, dropping each) and the encoded page.
+    /// Bytes of a history page while it is read: the Redis replies (about
+    /// the page's stored bytes when, as here, its events are alike in size;
+    /// `store/redis/history.rs` parses and decodes each one entry at a time,
+    /// dropping each) and the encoded page.
     fn page_read(&self) -> usize {
         self.page_events() * (self.held() + self.stored)
     }
