@@ -111,7 +111,19 @@ pub fn parse_entries(reply: &Value) -> Result<Vec<Entry>, ReplyError> {
     }
 }
 
-fn parse_entry(item: &Value) -> Result<Entry, ReplyError> {
+/// The entries of an XRANGE-shaped reply, taken by value so that a reader
+/// can parse them one at a time ([`parse_entry`]) and drop each raw entry
+/// as soon as it is read (nil reads as none).
+pub fn entry_items(reply: Value) -> Result<Vec<Value>, ReplyError> {
+    match reply {
+        Value::Array(items) => Ok(items),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(ReplyError::NotEntries(kind_of(&other))),
+    }
+}
+
+/// One stream entry, `[id, [field, value, ...]]`.
+pub fn parse_entry(item: &Value) -> Result<Entry, ReplyError> {
     let Value::Array(pair) = item else {
         return Err(ReplyError::EntryNotArray);
     };

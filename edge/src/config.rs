@@ -121,6 +121,13 @@ pub struct Config {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub history_page: usize,
 
+    /// Byte budget of one history page (resume, catch-up and the history
+    /// endpoint): a page ends with the event whose JSON envelope brings it
+    /// to this many bytes (always at least one event).
+    #[arg(long, env = "SLUICE_HISTORY_PAGE_BYTES", default_value_t = crate::store::DEFAULT_HISTORY_PAGE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024 * 1024 * 1024))]
+    pub history_page_bytes: usize,
+
     /// Seconds between SSE heartbeat comments / WebSocket pings.
     #[arg(long, env = "SLUICE_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -248,6 +255,11 @@ impl Config {
 
     pub fn node_grace(&self) -> Duration {
         Duration::from_secs(self.node_grace_secs)
+    }
+
+    /// The limit of a subscription's history pages.
+    pub fn history_page(&self) -> crate::store::PageLimit {
+        crate::store::PageLimit::new(self.history_page, self.history_page_bytes)
     }
 
     pub fn publisher(&self) -> PublisherConfig {

@@ -25,7 +25,8 @@
 //!   [`wire`]: the encoding of events (SSE frame, JSON envelope).
 //! - [`store`]: the backend, memory and Redis (the Redis store holds the
 //!   live feed reader, `store::redis::feed`).
-//! - [`auth`] (subscriber tokens), [`limits`] (connection limit and rate),
+//! - `allocator` (the binary's jemalloc, set up to return memory),
+//!   [`auth`] (subscriber tokens), [`limits`] (connection limit and rate),
 //!   [`error`] (JSON API errors), [`metrics`], [`config`], [`fdlimit`] (the
 //!   open-file limit, checked at start).
 //! - [`status`] (what the node is and holds), [`registry`] (node registry
@@ -36,6 +37,8 @@
 //! [`run`] is the entry the binary calls; tests start a [`Node`] to watch
 //! its status.
 
+#[cfg(feature = "jemalloc")]
+pub mod allocator;
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -4,6 +4,11 @@ use clap::Parser;
 use sluice_edge::config::{Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc returns what a burst freed to the OS (`allocator.rs`).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
@@ -17,6 +22,13 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("sluice-edge: {e}");
             return std::process::ExitCode::from(2);
+        }
+    }
+    #[cfg(feature = "jemalloc")]
+    match sluice_edge::allocator::configure() {
+        Ok(how) => tracing::info!(allocator = %how, "memory"),
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot configure the allocator; freed memory may stay with the process")
         }
     }
     tracing::info!(config = %config.redacted(), "starting");

@@ -27,6 +27,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::auth::Access;
 use crate::cluster::ClusterView;
 use crate::config::{Config, OperatorSurface, ADMIN_MAX_OPEN_CONNECTIONS};
+use crate::http::tasks::HistoryPageBytes;
 use crate::http::{self, AppState, Publishing};
 use crate::hub::Hub;
 use crate::lifecycle::{Draining, Tasks};
@@ -297,7 +298,7 @@ fn app_state(config: &Config, status: &Arc<NodeStatus>, tasks: &Tasks) -> AppSta
             status.hub.clone(),
             status.store.clone(),
             status.metrics.clone(),
-            config.history_page,
+            config.history_page(),
         ),
         limits: status.limits.clone(),
         metrics: status.metrics.clone(),
@@ -310,6 +311,7 @@ fn app_state(config: &Config, status: &Arc<NodeStatus>, tasks: &Tasks) -> AppSta
         status: status.clone(),
         access,
         store: status.store.clone(),
+        history_page_bytes: HistoryPageBytes(config.history_page_bytes),
         publishing: Arc::new(Publishing::new(
             config.publish_key.clone(),
             config.demo,

@@ -25,6 +25,10 @@ use crate::wire::Event;
 
 /// Most events written in one batch.
 pub const BATCH: usize = 64;
+/// A batch takes no more events once it holds this many bytes (SSE writes
+/// a batch as one body chunk, copied together: a batch of large events
+/// would be a copy of up to [`BATCH`] of them).
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// What every client session of a node shares.
 pub struct Sessions {
@@ -211,14 +215,18 @@ impl<F: Framing> Session<F> {
         false
     }
 
-    /// Writes `first` and whatever else is ready, up to [`BATCH`], as one
-    /// batch.
+    /// Writes `first` and whatever else is ready, up to [`BATCH`] events
+    /// or [`BATCH_BYTES`], as one batch.
     async fn deliver(&mut self, first: Arc<Event>) -> Result<(), End> {
+        let mut bytes = first.sse.len();
         let mut batch = Vec::with_capacity(8);
         batch.push(first);
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match self.sub.next_ready() {
-                Some(ev) => batch.push(ev),
+                Some(ev) => {
+                    bytes += ev.sse.len();
+                    batch.push(ev);
+                }
                 None => break,
             }
         }

@@ -14,14 +14,18 @@
 //!   the live feed delivers: the hub) and [`StoreError`].
 //! - `store/memory.rs`: [`memory::MemoryStore`].
 //! - `store/redis/mod.rs`: [`redis::RedisStore`]; beside it `feed.rs` (the
-//!   feed reader), `loss.rs` (loss detection per shard feed) and
-//!   `control.rs` (the reader's short commands).
+//!   feed reader), `loss.rs` (loss detection per shard feed),
+//!   `control.rs` (the reader's short commands) and `history.rs` (history
+//!   pages bounded in bytes).
 //!
 //! Guarantees every implementation gives:
 //! - seqs of a task are 1, 2, 3 ... with no gaps, assigned at publish;
-//! - `history(task, after, n)` returns retained events with seq > after in
-//!   order; the first returned seq is `after + 1` unless those events are no
-//!   longer retained;
+//! - `history(task, after, limit)` returns retained events with seq > after
+//!   in order, at most `limit.events` of them, and stops once their JSON
+//!   envelopes reach `limit.bytes` (always at least one event); the first
+//!   returned seq is `after + 1` unless those events are no longer retained;
+//!   `more` says the page stopped at its limit and the next read should
+//!   start after its last seq;
 //! - the feed delivers the events of one task in seq order; it may miss events
 //!   (a Redis blip, a trimmed feed) and then calls [`FeedSink::resync`] or
 //!   leaves a gap that the subscriber fills from history.
@@ -38,6 +42,98 @@ use sluice_broker::{PublishError, PublishOptions, Published, Unavailable};
 use sluice_shared::event::Snapshot;
 use sluice_shared::{Seq, StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
+
+use crate::wire::Event;
+
+/// Default byte budget of one history page (`--history-page-bytes`).
+pub const DEFAULT_HISTORY_PAGE_BYTES: usize = 1024 * 1024;
+
+/// How much one history read may return: at most `events` events, and no
+/// more once their JSON envelopes add up to `bytes` (the event that reaches
+/// the budget is the page's last; a page always holds at least one event,
+/// so a reader always makes progress). Bounding bytes as well as events is
+/// what keeps a page of large events from costing `events` × their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    pub events: usize,
+    pub bytes: usize,
+}
+
+impl PageLimit {
+    pub fn new(events: usize, bytes: usize) -> Self {
+        PageLimit {
+            events: events.max(1),
+            bytes: bytes.max(1),
+        }
+    }
+
+    /// `events` events under the default byte budget.
+    pub fn events(events: usize) -> Self {
+        PageLimit::new(events, DEFAULT_HISTORY_PAGE_BYTES)
+    }
+}
+
+/// One page of history, encoded once for every reader (subscriptions queue
+/// the events as they are; the history endpoint writes their envelopes).
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub events: Vec<Arc<Event>>,
+    /// The page stopped at its limit (events or bytes), not at the end of
+    /// the retained log: more events may follow its last seq.
+    pub more: bool,
+}
+
+/// Fills a [`HistoryPage`] up to a [`PageLimit`], one decoded event at a
+/// time (each is encoded, then its decoded form dropped). Shared by the
+/// stores.
+pub(crate) struct PageBuilder {
+    page: HistoryPage,
+    limit: PageLimit,
+    bytes: usize,
+}
+
+impl PageBuilder {
+    pub(crate) fn new(limit: PageLimit) -> Self {
+        PageBuilder {
+            page: HistoryPage::default(),
+            limit,
+            bytes: 0,
+        }
+    }
+
+    /// Encodes and adds one event; false once the page is full.
+    pub(crate) fn push(&mut self, ev: &StoredEvent) -> bool {
+        let ev = Event::from_history(ev);
+        self.bytes += ev.json.len();
+        self.page.events.push(ev);
+        !self.is_full()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.page.events.len() >= self.limit.events || self.bytes >= self.limit.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.page.events.is_empty()
+    }
+
+    /// Events so far.
+    pub(crate) fn len(&self) -> usize {
+        self.page.events.len()
+    }
+
+    /// Envelope bytes so far.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The page; `more` as the store found it.
+    pub(crate) fn finish(mut self, more: bool) -> HistoryPage {
+        self.page.more = more;
+        self.page
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -129,13 +225,16 @@ pub trait Store: Send + Sync + 'static {
     /// The latest event and state; `None` for an unknown task.
     async fn snapshot(&self, task: &TaskId) -> Result<Option<Snapshot>, StoreError>;
 
-    /// Retained events with seq > `after`, oldest first, at most `limit`.
+    /// Retained events with seq > `after`, oldest first, up to `limit`
+    /// (events and bytes, see [`PageLimit`]). What a read holds at once is
+    /// about the page's byte budget plus one event, however large the page
+    /// would be in events.
     async fn history(
         &self,
         task: &TaskId,
         after: Seq,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError>;
+        limit: PageLimit,
+    ) -> Result<HistoryPage, StoreError>;
 
     /// Cheap reachability check (readiness).
     async fn ping(&self) -> Result<(), StoreError>;

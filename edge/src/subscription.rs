@@ -5,7 +5,9 @@
 //! caught up, then live; anything at or below `last` is skipped.
 //!
 //! Memory per subscription is bounded: the live queue (`queue_capacity`
-//! events, shared `Arc`s) plus at most one history page.
+//! events, shared `Arc`s) plus at most one history page, which is bounded
+//! in bytes (`--history-page-bytes`) as well as in events
+//! (`--history-page`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -16,7 +18,7 @@ use sluice_shared::{Seq, TaskId};
 
 use crate::hub::{Hub, Registration};
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
+use crate::store::{PageLimit, Store, StoreError};
 use crate::wire::Event;
 
 /// Default history page size for resume and catch-up.
@@ -63,29 +65,34 @@ pub struct Subscription {
     catching_up: bool,
     /// The final event was delivered.
     done: bool,
-    page: usize,
+    page: PageLimit,
     /// Consecutive history reads that failed (Redis unavailable).
     fill_failures: u32,
 }
 
 /// What opening a subscription needs: the hub to register with, the store
-/// to read, the metrics to count in and the history page size. Cheap to
+/// to read, the metrics to count in and the history page's limit. Cheap to
 /// clone.
 #[derive(Clone)]
 pub struct Subscriptions {
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    page: usize,
+    page: PageLimit,
 }
 
 impl Subscriptions {
-    pub fn new(hub: Arc<Hub>, store: Arc<dyn Store>, metrics: Arc<Metrics>, page: usize) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        page: PageLimit,
+    ) -> Self {
         Subscriptions {
             hub,
             store,
             metrics,
-            page: page.max(1),
+            page: PageLimit::new(page.events, page.bytes),
         }
     }
 
@@ -286,18 +293,19 @@ impl Subscription {
     /// to new events; then the client gets a reset instead of silently
     /// continuing in the new numbering. True if a reset was queued.
     async fn verify(&mut self) -> Result<bool, StoreError> {
-        let at = match self.store.history(&self.task, self.last - 1, 1).await {
+        let one = PageLimit::new(1, self.page.bytes);
+        let at = match self.store.history(&self.task, self.last - 1, one).await {
             Ok(at) => at,
             // Unreadable: the page read that follows answers with a reset.
             Err(StoreError::Corrupt { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let Some(ev) = at.first().filter(|e| e.seq == self.last) else {
+        let Some(ev) = at.events.first().filter(|e| e.seq == self.last) else {
             // Not retained (or not there any more): the page read and the
             // snapshot comparison that follow decide.
             return Ok(false);
         };
-        if Event::from_stored(ev).digest == self.last_digest {
+        if ev.digest == self.last_digest {
             return Ok(false);
         }
         tracing::warn!(task = %self.task, seq = self.last, "the store no longer holds the events this client saw (lost writes); sending a reset");
@@ -323,11 +331,11 @@ impl Subscription {
             }
             Err(e) => return Err(e),
         };
-        match page.first() {
+        match page.events.first() {
             Some(first) if first.seq == self.last + 1 => {
-                let full = page.len() >= self.page;
-                self.pending.extend(page.iter().map(Event::from_history));
-                self.catching_up = full;
+                // A page cut short (events or bytes): read on after it.
+                self.catching_up = page.more;
+                self.pending.extend(page.events);
             }
             Some(_) => {
                 // The events right after `last` are no longer retained.
@@ -347,7 +355,6 @@ mod tests {
     use async_trait::async_trait;
     use serde_json::{json, Value};
     use sluice_broker::{PublishOptions, Published, PublisherConfig};
-    use sluice_shared::StoredEvent;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -408,8 +415,8 @@ mod tests {
             &self,
             task: &TaskId,
             after: Seq,
-            limit: usize,
-        ) -> Result<Vec<StoredEvent>, StoreError> {
+            limit: PageLimit,
+        ) -> Result<crate::store::HistoryPage, StoreError> {
             self.current().history(task, after, limit).await
         }
         async fn ping(&self) -> Result<(), StoreError> {
@@ -429,10 +436,11 @@ mod tests {
     ) -> (Subscription, Arc<Hub>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(16, metrics.clone());
-        let opening = Subscriptions::new(hub.clone(), store, metrics.clone(), page)
-            .open(task.clone(), start)
-            .await
-            .expect("open");
+        let opening =
+            Subscriptions::new(hub.clone(), store, metrics.clone(), PageLimit::events(page))
+                .open(task.clone(), start)
+                .await
+                .expect("open");
         let Opening::Stream(sub) = opening else {
             panic!("task is open");
         };
@@ -523,6 +531,40 @@ mod tests {
         let ev = sub.next().await.expect("next").expect("an event");
         assert!(!ev.is_reset);
         assert_eq!(ev.seq, 5);
+        assert_eq!(metrics.resets.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn pages_cut_short_by_bytes_are_read_on_until_caught_up() {
+        let store = Arc::new(MemoryStore::new(PublisherConfig::default()));
+        let task = TaskId::parse("bytes-1").expect("valid id");
+        let opts = PublishOptions::default();
+        let blob = "z".repeat(3000);
+        for i in 0..9 {
+            store
+                .publish(&task, "progress", &json!({ "i": i, "blob": blob }), &opts)
+                .await
+                .expect("publish");
+        }
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(16, metrics.clone());
+        // Pages of 1 000 events but 7 000 bytes: three events each.
+        let limit = PageLimit::new(1000, 7000);
+        let opening = Subscriptions::new(hub.clone(), store.clone(), metrics.clone(), limit)
+            .open(task.clone(), Start::After(0))
+            .await
+            .expect("open");
+        let Opening::Stream(mut sub) = opening else {
+            panic!("task is open");
+        };
+        let mut seqs = Vec::new();
+        for _ in 0..9 {
+            let ev = sub.next().await.expect("next").expect("an event");
+            assert!(!ev.is_reset);
+            assert!(sub.pending.len() < 3, "a page held more than its bytes");
+            seqs.push(ev.seq);
+        }
+        assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
         assert_eq!(metrics.resets.get(), 0);
     }
 

@@ -1,6 +1,7 @@
 //! The wire encoding of events: each event is encoded once per node, as an
-//! SSE frame and a JSON envelope sharing nothing but the JSON bytes, and
-//! every transport writes those bytes as they are.
+//! SSE frame whose `data:` line is the JSON envelope, in one allocation
+//! (the envelope is a slice of the frame), and every transport writes those
+//! bytes as they are.
 
 use std::sync::Arc;
 
@@ -25,7 +26,9 @@ pub struct Event {
     pub digest: u64,
     /// `id: <seq>\nevent: <type>\ndata: <json>\n\n`
     pub sse: Bytes,
-    /// The JSON envelope (one WebSocket text frame).
+    /// The JSON envelope (one WebSocket text frame, one element of a
+    /// history response). For events and snapshots, a slice of `sse`: the
+    /// event is held once, not twice.
     pub json: Bytes,
 }
 
@@ -50,29 +53,33 @@ impl Event {
         // `Envelope` serializes with the same fields, in the same order, as
         // `StoredEvent::envelope_json`.
         let json = serde_json::to_vec(latest).unwrap_or_else(|_| b"{}".to_vec());
+        let (sse, json) = framed(latest.seq, &latest.kind, &json);
         Arc::new(Event {
             seq: latest.seq,
             is_final: latest.is_final,
             is_reset: false,
             ts: 0,
             digest: 0,
-            sse: sse_frame(latest.seq, &latest.kind, &json),
-            json: Bytes::from(json),
+            sse,
+            json,
         })
     }
 
-    /// Encodes once: the SSE frame and the JSON envelope share the bytes.
+    /// Encodes once: the JSON envelope is the `data:` of the SSE frame.
     fn encode(ev: &StoredEvent, ts: i64) -> Arc<Event> {
         let json = ev.envelope_json();
-        let sse = sse_frame(ev.seq, &ev.kind, &json);
+        let digest = digest(&json);
+        // `json` (whose capacity may be twice its length) is dropped here;
+        // the frame is allocated at its exact size.
+        let (sse, json) = framed(ev.seq, &ev.kind, &json);
         Arc::new(Event {
             seq: ev.seq,
             is_final: ev.is_final,
             is_reset: false,
             ts,
-            digest: digest(&json),
+            digest,
             sse,
-            json: Bytes::from(json),
+            json,
         })
     }
 
@@ -123,18 +130,34 @@ pub fn digest(bytes: &[u8]) -> u64 {
     h.max(1)
 }
 
-/// Builds an SSE frame. `data` is compact JSON (no newlines), so one `data:`
-/// line carries it.
+/// Builds an SSE frame, allocated at its exact size. `data` is compact
+/// JSON (no newlines), so one `data:` line carries it.
 pub fn sse_frame(seq: Seq, kind: &str, data: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(data.len() + kind.len() + 40);
+    let seq = seq.to_string();
+    let len = b"id: ".len()
+        + seq.len()
+        + b"\nevent: ".len()
+        + kind.len()
+        + b"\ndata: ".len()
+        + data.len()
+        + b"\n\n".len();
+    let mut b = Vec::with_capacity(len);
     b.extend_from_slice(b"id: ");
-    b.extend_from_slice(seq.to_string().as_bytes());
+    b.extend_from_slice(seq.as_bytes());
     b.extend_from_slice(b"\nevent: ");
     b.extend_from_slice(kind.as_bytes());
     b.extend_from_slice(b"\ndata: ");
     b.extend_from_slice(data);
     b.extend_from_slice(b"\n\n");
     Bytes::from(b)
+}
+
+/// The SSE frame of `json` and `json` itself as a slice of that frame.
+fn framed(seq: Seq, kind: &str, json: &[u8]) -> (Bytes, Bytes) {
+    let sse = sse_frame(seq, kind, json);
+    let end = sse.len() - b"\n\n".len();
+    let json = sse.slice(end - json.len()..end);
+    (sse, json)
 }
 
 #[cfg(test)]
@@ -161,6 +184,21 @@ mod tests {
             "{s}"
         );
         assert!(s.ends_with("}\n\n"));
+    }
+
+    #[test]
+    fn the_envelope_is_the_data_line_of_the_frame_held_once() {
+        let stored = ev(1234);
+        let f = Event::from_history(&stored);
+        assert_eq!(&f.json[..], &stored.envelope_json()[..]);
+        let data = f.sse.len() - 2 - f.json.len();
+        assert_eq!(&f.sse[data..f.sse.len() - 2], &f.json[..]);
+        // One allocation: the envelope points into the frame.
+        assert_eq!(f.json.as_ptr(), f.sse[data..].as_ptr());
+        assert_eq!(
+            f.sse.len(),
+            "id: 1234\nevent: k\ndata: \n\n".len() + f.json.len()
+        );
     }
 
     #[test]

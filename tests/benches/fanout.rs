@@ -37,7 +37,12 @@ fn fanout(c: &mut Criterion) {
     for n in [1usize, 100, 10_000] {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(256, metrics.clone());
-        let opener = Subscriptions::new(hub.clone(), store.clone(), metrics.clone(), 256);
+        let opener = Subscriptions::new(
+            hub.clone(),
+            store.clone(),
+            metrics.clone(),
+            sluice_edge::store::PageLimit::events(256),
+        );
         let mut subs: Vec<Subscription> = (0..n)
             .map(|_| {
                 let open = opener.open(task.clone(), Start::After(0));

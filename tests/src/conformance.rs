@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sluice_broker::{PublishError, PublishOptions, PublisherConfig};
-use sluice_edge::store::{FeedSink, Store, StoreError};
+use sluice_edge::store::{FeedSink, PageLimit, Store, StoreError};
 use sluice_shared::event::TaskState;
 use sluice_shared::{StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,7 @@ macro_rules! store_conformance {
             idempotent_retry_returns_the_first_seq,
             snapshot_shows_the_latest_event,
             history_pages_after_a_seq,
+            history_pages_stop_at_their_byte_budget,
             bad_input_is_refused_and_stores_nothing,
             final_event_closes_the_task,
             log_is_trimmed_to_its_cap_and_stays_contiguous,
@@ -164,9 +165,10 @@ pub async fn unknown_task_has_no_snapshot_and_no_history(store: Arc<dyn Store>) 
     let task = new_task("conf");
     assert!(store.snapshot(&task).await.expect("snapshot").is_none());
     assert!(store
-        .history(&task, 0, 10)
+        .history(&task, 0, PageLimit::events(10))
         .await
         .expect("history")
+        .events
         .is_empty());
 }
 
@@ -197,12 +199,84 @@ pub async fn snapshot_shows_the_latest_event(store: Arc<dyn Store>) {
 pub async fn history_pages_after_a_seq(store: Arc<dyn Store>) {
     let task = new_task("conf");
     publish_four(&*store, &task).await;
-    let h = store.history(&task, 1, 2).await.expect("history");
-    assert_eq!(h.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
-    let h = store.history(&task, 4, 10).await.expect("history");
-    assert!(h.is_empty());
-    let h = store.history(&task, u64::MAX, 10).await.expect("history");
-    assert!(h.is_empty());
+    let h = store
+        .history(&task, 1, PageLimit::events(2))
+        .await
+        .expect("history");
+    assert_eq!(
+        h.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert!(h.more, "a page that stopped at its event limit says so");
+    let h = store
+        .history(&task, 1, PageLimit::events(10))
+        .await
+        .expect("history");
+    assert_eq!(seqs(&h), vec![2, 3, 4]);
+    assert!(!h.more, "a page that reached the end of the log says so");
+    let h = store
+        .history(&task, 4, PageLimit::events(10))
+        .await
+        .expect("history");
+    assert!(h.events.is_empty() && !h.more);
+    let h = store
+        .history(&task, u64::MAX, PageLimit::events(10))
+        .await
+        .expect("history");
+    assert!(h.events.is_empty());
+}
+
+fn seqs(page: &sluice_edge::store::HistoryPage) -> Vec<u64> {
+    page.events.iter().map(|e| e.seq).collect()
+}
+
+/// A page ends with the event whose envelope brings it to the byte budget,
+/// holds at least one event however small the budget, and says `more`;
+/// reading on from its last seq gives the rest, each event once.
+pub async fn history_pages_stop_at_their_byte_budget(store: Arc<dyn Store>) {
+    let task = new_task("conf-bytes");
+    let blob = "b".repeat(10_000);
+    for i in 1..=7 {
+        store
+            .publish(
+                &task,
+                "p",
+                &json!({"i": i, "blob": blob}),
+                &opts(false, None),
+            )
+            .await
+            .expect("publish");
+    }
+    // Envelopes of ~10 100 bytes: the third reaches 25 000.
+    let h = store
+        .history(&task, 0, PageLimit::new(1000, 25_000))
+        .await
+        .expect("history");
+    assert_eq!(seqs(&h), vec![1, 2, 3]);
+    assert!(h.more);
+    let bytes: usize = h.events.iter().map(|e| e.json.len()).sum();
+    assert!((25_000..25_000 + 10_200).contains(&bytes), "{bytes} bytes");
+    let h = store
+        .history(&task, 0, PageLimit::new(1000, 1))
+        .await
+        .expect("history");
+    assert_eq!(seqs(&h), vec![1], "at least one event, whatever the budget");
+    assert!(h.more);
+    let mut after = 0;
+    let mut all = Vec::new();
+    loop {
+        let h = store
+            .history(&task, after, PageLimit::new(1000, 25_000))
+            .await
+            .expect("history");
+        all.extend(seqs(&h));
+        let Some(last) = h.events.last() else { break };
+        after = last.seq;
+        if !h.more {
+            break;
+        }
+    }
+    assert_eq!(all, (1..=7).collect::<Vec<_>>());
 }
 
 pub async fn bad_input_is_refused_and_stores_nothing(store: Arc<dyn Store>) {
@@ -239,7 +313,11 @@ pub async fn final_event_closes_the_task(store: Arc<dyn Store>) {
 /// first retained seq then is > 1.
 pub async fn log_is_trimmed_to_its_cap_and_stays_contiguous(store: Arc<dyn Store>) {
     let long = publish_long(&*store).await;
-    let h = store.history(&long, 0, 1000).await.expect("history");
+    let h = store
+        .history(&long, 0, PageLimit::events(1000))
+        .await
+        .expect("history")
+        .events;
     assert!(h.len() < 400, "log was trimmed ({} kept)", h.len());
     assert!(h[0].seq > 1);
     assert_eq!(h.last().map(|e| e.seq), Some(400));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 
 use super::publish::Publishing;
+use super::tasks::HistoryPageBytes;
 use crate::auth::Access;
 use crate::session::Sessions;
 use crate::status::NodeStatus;
@@ -19,6 +20,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// Snapshot and history.
     pub store: Arc<dyn Store>,
+    /// The byte budget of a history response.
+    pub history_page_bytes: HistoryPageBytes,
     /// Publish keys and the publish path.
     pub publishing: Arc<Publishing>,
     /// SSE and WebSocket sessions.

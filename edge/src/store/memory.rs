@@ -13,7 +13,7 @@ use sluice_shared::task::{validate_event_type, validate_idempotency_key};
 use sluice_shared::{codec, Seq, StoredEvent, TaskId};
 use tokio_util::sync::CancellationToken;
 
-use super::{FeedSink, Store, StoreError};
+use super::{FeedSink, HistoryPage, PageBuilder, PageLimit, Store, StoreError};
 
 /// How often expired tasks are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -21,9 +21,17 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 struct MemTask {
     seq: Seq,
     closed: bool,
-    log: VecDeque<StoredEvent>,
+    log: VecDeque<Logged>,
     idem: HashMap<String, Seq>,
     expires: Instant,
+}
+
+/// A logged event and the MessagePack size of its data (what Redis would
+/// store): history picks a page's events by it under the lock, and encodes
+/// them after.
+struct Logged {
+    ev: StoredEvent,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -53,13 +61,14 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The checks `sluice_publish` makes before it writes anything.
+    /// The checks `sluice_publish` makes before it writes anything; the
+    /// data's encoded size.
     fn validate(
         &self,
         kind: &str,
         data: &Value,
         opts: &PublishOptions,
-    ) -> Result<(), PublishError> {
+    ) -> Result<usize, PublishError> {
         validate_event_type(kind).map_err(PublishError::InvalidType)?;
         if let Some(k) = &opts.idempotency_key {
             validate_idempotency_key(k).map_err(PublishError::InvalidIdempotencyKey)?;
@@ -71,7 +80,7 @@ impl MemoryStore {
                 max: self.config.max_data_bytes,
             });
         }
-        Ok(())
+        Ok(size)
     }
 
     fn sweep(&self) {
@@ -106,11 +115,13 @@ impl MemTask {
     /// key answers the first seq, a closed task refuses, else the next seq
     /// (the log capped, the task closed by a final event, its expiry
     /// moved).
+    #[allow(clippy::too_many_arguments)]
     fn append(
         &mut self,
         task: &TaskId,
         kind: &str,
         data: &Value,
+        bytes: usize,
         opts: &PublishOptions,
         ts: i64,
         config: &PublisherConfig,
@@ -130,7 +141,10 @@ impl MemTask {
             ts,
             is_final: opts.is_final,
         };
-        self.log.push_back(ev.clone());
+        self.log.push_back(Logged {
+            ev: ev.clone(),
+            bytes,
+        });
         while self.log.len() as u64 > config.log_cap {
             self.log.pop_front();
         }
@@ -181,11 +195,18 @@ impl Store for MemoryStore {
         data: &Value,
         opts: &PublishOptions,
     ) -> Result<Published, StoreError> {
-        self.validate(kind, data, opts)?;
+        let bytes = self.validate(kind, data, opts)?;
         let mut inner = self.lock();
         let ts = now_ms();
-        let appended =
-            entry(&mut inner, task.as_str()).append(task, kind, data, opts, ts, &self.config)?;
+        let appended = entry(&mut inner, task.as_str()).append(
+            task,
+            kind,
+            data,
+            bytes,
+            opts,
+            ts,
+            &self.config,
+        )?;
         let ev = match appended {
             Appended::New(ev) => ev,
             Appended::Duplicate(seq) => {
@@ -226,7 +247,7 @@ impl Store for MemoryStore {
             } else {
                 TaskState::Open
             },
-            latest: latest.envelope(),
+            latest: latest.ev.envelope(),
         }))
     }
 
@@ -234,20 +255,43 @@ impl Store for MemoryStore {
         &self,
         task: &TaskId,
         after: Seq,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut inner = self.lock();
-        let Some(t) = live(&mut inner, task.as_str()) else {
-            return Ok(Vec::new());
+        limit: PageLimit,
+    ) -> Result<HistoryPage, StoreError> {
+        // Under the lock, pick the page by stored size; encode after it.
+        let (picked, at_limit) = {
+            let mut inner = self.lock();
+            let Some(t) = live(&mut inner, task.as_str()) else {
+                return Ok(HistoryPage::default());
+            };
+            let first = t.log.front().map(|e| e.ev.seq).unwrap_or(0);
+            let skip = after.saturating_sub(first.saturating_sub(1));
+            let (mut picked, mut stored) = (Vec::new(), 0);
+            let mut at_limit = false;
+            for l in t
+                .log
+                .iter()
+                .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+            {
+                picked.push(l.ev.clone());
+                stored += l.bytes;
+                at_limit = picked.len() >= limit.events || stored >= limit.bytes;
+                if at_limit {
+                    break;
+                }
+            }
+            (picked, at_limit)
         };
-        let first = t.log.front().map(|e| e.seq).unwrap_or(0);
-        let skip = after.saturating_sub(first.saturating_sub(1));
-        Ok(t.log
-            .iter()
-            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-            .take(limit.max(1))
-            .cloned()
-            .collect())
+        let mut page = PageBuilder::new(limit);
+        let mut taken = 0;
+        for ev in &picked {
+            taken += 1;
+            if !page.push(ev) {
+                break;
+            }
+        }
+        // As on Redis: more may follow when a limit stopped the page.
+        let more = at_limit || taken < picked.len() || page.is_full();
+        Ok(page.finish(more))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@
 
 mod admin;
 mod fuzz_inputs;
+mod held_memory;
 mod hostile;
 mod k8s_manifests;
 mod load_smoke;

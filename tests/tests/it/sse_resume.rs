@@ -189,6 +189,64 @@ async fn replay_from_zero_and_history_endpoint() {
     }
 }
 
+/// A history response is bounded in bytes as well as events: it ends with
+/// the envelope that reaches `--history-page-bytes`, says `Sluice-More:
+/// true` and which `after` continues it, and paging on gives every event
+/// once. An SSE replay over the same pages is exact.
+#[tokio::test]
+async fn history_pages_stop_at_their_byte_budget_and_say_how_to_go_on() {
+    sluice_tests::init_logs();
+    let (redis, edge) = TestEdge::redis()
+        .args(&["--history-page-bytes", "25000"])
+        .start()
+        .await;
+    let p = publisher(&redis).await;
+    let task = unique_task("hbytes");
+    let blob = "h".repeat(10_000);
+    for i in 1..=7 {
+        p.publish(&task, "progress", &json!({"i": i, "blob": blob}))
+            .await
+            .expect("publish");
+    }
+    let page = |after: u64| {
+        let url = edge.url(&format!(
+            "/v1/tasks/{task}/history?after={after}&limit=1000"
+        ));
+        async move {
+            let r = reqwest::get(url).await.expect("get");
+            assert_eq!(r.status(), 200);
+            let header = |name: &str| {
+                r.headers()
+                    .get(name)
+                    .unwrap_or_else(|| panic!("no {name} header"))
+                    .to_str()
+                    .expect("ascii")
+                    .to_owned()
+            };
+            let (more, next) = (header("sluice-more"), header("sluice-next-after"));
+            let body: Vec<serde_json::Value> = r.json().await.expect("json");
+            let seqs: Vec<u64> = body
+                .iter()
+                .map(|e| e["seq"].as_u64().expect("seq"))
+                .collect();
+            (seqs, more, next.parse::<u64>().expect("next after"))
+        }
+    };
+    // Envelopes of ~10 100 bytes: the third reaches 25 000.
+    assert_eq!(page(0).await, (vec![1, 2, 3], "true".into(), 3));
+    assert_eq!(page(3).await, (vec![4, 5, 6], "true".into(), 6));
+    assert_eq!(page(6).await, (vec![7], "false".into(), 7));
+    assert_eq!(page(7).await, (vec![], "false".into(), 7));
+
+    let mut c =
+        SseClient::connect(&edge.url(&format!("/v1/tasks/{task}/events?after=0")), None).await;
+    let mut log = DeliveryLog::default();
+    for _ in 0..7 {
+        log.event(c.next_event(T).await.expect("event").seq().expect("id"));
+    }
+    assert!(log.check(1, 7).is_exact(), "{:?}", log.check(1, 7));
+}
+
 /// Events the feed never delivered (here: written to the log while the feed
 /// entry went elsewhere) are filled from the task log before the next one.
 #[tokio::test]

@@ -16,6 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const T: Duration = Duration::from_secs(20);
+/// README's defaults, passed explicitly: the bound is computed from them.
+const PAGE: usize = sluice_edge::subscription::DEFAULT_HISTORY_PAGE;
+const PAGE_BYTES: usize = sluice_edge::store::DEFAULT_HISTORY_PAGE_BYTES;
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// `key:  <n> kB` from `/proc/self/status`, in KiB. Panics when it cannot
@@ -149,16 +152,11 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
 /// What one event of this test costs the edge, from its real encodings
 /// (the same calls the edge makes).
 struct EventSize {
-    /// `Event::sse` (`id: <seq>\nevent: progress\ndata: <envelope>\n\n`):
-    /// length, and the allocation `wire::sse_frame` makes for it
-    /// (envelope + type + 40).
+    /// `Event::sse` (`id: <seq>\nevent: progress\ndata: <envelope>\n\n`),
+    /// allocated at its exact length; `Event::json` is a slice of it.
     sse: usize,
-    sse_alloc: usize,
-    /// `Event::json`, the envelope: length, and the allocation
-    /// `StoredEvent::envelope_json` leaves (`serde_json::to_vec` grows its
-    /// Vec by doubling, and `Bytes::from(Vec)` keeps that capacity).
+    /// `Event::json`, the envelope.
     json: usize,
-    json_alloc: usize,
     /// The `Event` struct inside its `Arc` (two counters).
     header: usize,
     /// The MessagePack bytes Redis stores and returns for the event.
@@ -177,13 +175,10 @@ impl EventSize {
             is_final: true,
         };
         let encoded = Event::from_history(&ev);
-        let envelope = ev.envelope_json();
-        assert_eq!(encoded.json.len(), envelope.len());
+        assert_eq!(encoded.json.len(), ev.envelope_json().len());
         EventSize {
             sse: encoded.sse.len(),
-            sse_alloc: envelope.len() + ev.kind.len() + 40,
             json: encoded.json.len(),
-            json_alloc: envelope.capacity(),
             header: std::mem::size_of::<Event>() + 2 * std::mem::size_of::<usize>(),
             stored: sluice_shared::codec::encode_event(&ev)
                 .expect("encode")
@@ -192,21 +187,23 @@ impl EventSize {
     }
 
     /// Bytes the edge holds per event in a queue or a buffered page: one
-    /// `Arc<Event>` with its SSE frame and its envelope.
+    /// `Arc<Event>` with its SSE frame (the envelope inside it).
     fn held(&self) -> usize {
-        self.sse_alloc + self.json_alloc + self.header
+        self.sse + self.header
     }
 
-    /// Bytes per event of a history page while the page is read. Besides
-    /// the encoded events (`held`), the page exists at once as: the Redis
-    /// reply in the connection's read buffer, the `redis::Value` tree, the
-    /// field maps of `resp::parse_entries` and the decoded `StoredEvent`s
-    /// (`broker/src/reader.rs` `history`, then `Subscription::take_page`
-    /// encodes them while the `StoredEvent`s are alive). Each copy is about
-    /// the stored size. The allocator keeps what is freed in between, so
-    /// the RSS peak sees them all.
+    /// Events in one history page: `--history-page`, or fewer once their
+    /// envelopes reach `--history-page-bytes`.
+    fn page_events(&self) -> usize {
+        PAGE.min(PAGE_BYTES.div_ceil(self.json))
+    }
+
+    /// Bytes of a history page while it is read: the Redis replies (about
+    /// the page's stored bytes when, as here, its events are alike in size;
+    /// `store/redis/history.rs` parses and decodes each one entry at a time,
+    /// dropping each) and the encoded page.
     fn page_read(&self) -> usize {
-        self.held() + 4 * self.stored
+        self.page_events() * (self.held() + self.stored)
     }
 }
 
@@ -217,7 +214,7 @@ impl EventSize {
 ///   139 KB): 2 × 0.54 MiB ≈ 1.1 MiB;
 /// - the feed reader's batches while publishing: the producer awaits every
 ///   publish and runs in this process, so the reader trails it by a few
-///   entries; 64 entries × `page_read` (~15 KB) ≈ 0.9 MiB;
+///   entries; 64 entries × (`held` + `stored`) (~4.4 KB) ≈ 0.3 MiB;
 /// - the test's own clients (reqwest's buffers, the publisher's pipeline)
 ///   and the runtime (tokio blocking threads' stacks, timer wheels,
 ///   metrics families), a few hundred KiB;
@@ -241,7 +238,6 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
     // README's defaults, passed explicitly: the bound below is computed
     // from them.
     const QUEUE: usize = 256;
-    const PAGE: usize = sluice_edge::subscription::DEFAULT_HISTORY_PAGE;
     // The stalled client and the normal one.
     const CONNECTIONS: usize = 2;
     let redis = RedisFixture::start().await;
@@ -253,6 +249,8 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
         &QUEUE.to_string(),
         "--history-page",
         &PAGE.to_string(),
+        "--history-page-bytes",
+        &PAGE_BYTES.to_string(),
         // The client stalls for as long as 20 000 publishes take: longer
         // than the default write timeout on a loaded machine. A client is
         // caught up only if it reads again within the write timeout.
@@ -334,7 +332,7 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
     // behind on this busy box (then `catchups` counts its overflows).
     let pages = if catchups > 1 { CONNECTIONS } else { 1 };
     let queue_term = (CONNECTIONS * QUEUE * size.held()) as f64 / MIB;
-    let page_term = (PAGE * size.page_read()) as f64 / MIB;
+    let page_term = size.page_read() as f64 / MIB;
     // While publishing, the stalled client holds its queue; a page is read
     // then only if the normal client overflowed.
     let publish_bound = queue_term + (pages - 1) as f64 * page_term + ALLOWANCE_MIB;
@@ -342,24 +340,20 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
     let mib = |kib: u64| kib.saturating_sub(base) as f64 / 1024.0;
     let (publish_growth, growth) = (mib(publish_peak), mib(peak));
     println!(
-        "per event: sse={} (alloc {}) + json={} (alloc {}) + header={} = held {} B; \
-         stored={} B; page_read = held + 4 x stored = {} B",
+        "per event: sse={} (json={} inside it) + header={} = held {} B; stored={} B; \
+         a page: {} events (--history-page {PAGE}, --history-page-bytes {PAGE_BYTES}); \
+         page_read = events x (held + stored) = {} B",
         size.sse,
-        size.sse_alloc,
         size.json,
-        size.json_alloc,
         size.header,
         size.held(),
         size.stored,
+        size.page_events(),
         size.page_read(),
     );
     println!(
-        "README at encoded lengths: (queue {QUEUE} + page {PAGE}) x (sse + json) = {:.2} MiB",
-        ((QUEUE + PAGE) * (size.sse + size.json)) as f64 / MIB
-    );
-    println!(
         "bound: queues {CONNECTIONS} x {QUEUE} x held = {queue_term:.2} MiB, \
-         pages {pages} x {PAGE} x page_read = {:.2} MiB, allowance {ALLOWANCE_MIB:.1} MiB; \
+         pages {pages} x page_read = {:.2} MiB, allowance {ALLOWANCE_MIB:.1} MiB; \
          publish phase <= {publish_bound:.2} MiB, whole run <= {total_bound:.2} MiB",
         pages as f64 * page_term,
     );

@@ -10,12 +10,14 @@
 //! - `loss`: loss detection per shard feed (skipped, trimmed, lost
 //!   writes), pure accounting the reader acts on.
 //! - `control`: where a reader sends its short commands.
+//! - `history`: history pages bounded in bytes.
 //!
 //! Reply parsing is `sluice_broker::resp`, Redis error classes
 //! `sluice_broker::error`, feed keys `sluice_shared::keys`.
 
 mod control;
 mod feed;
+mod history;
 mod loss;
 
 use std::sync::Arc;
@@ -26,11 +28,12 @@ use sluice_broker::{
     connect, reader, PublishOptions, Published, Publisher, PublisherConfig, Unavailable,
 };
 use sluice_shared::event::Snapshot;
-use sluice_shared::{keys, Seq, StoredEvent, TaskId};
+use sluice_shared::{keys, Seq, TaskId};
 use tokio_util::sync::CancellationToken;
 
 use self::feed::{FeedReader, FeedSettings};
-use super::{FeedSink, Store, StoreError};
+pub use self::history::GROWTH as HISTORY_READ_GROWTH;
+use super::{FeedSink, HistoryPage, PageLimit, Store, StoreError};
 
 pub struct RedisStore {
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
@@ -122,13 +125,14 @@ impl Store for RedisStore {
         &self,
         task: &TaskId,
         after: Seq,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+        limit: PageLimit,
+    ) -> Result<HistoryPage, StoreError> {
         self.timed(
             crate::metrics::RedisOp::History,
             bounded(async {
                 let mut conn = self.pool().get().await?;
-                Ok(reader::history(&mut conn, task, self.shards(), after, limit).await?)
+                let max_data = self.publisher.config().max_data_bytes;
+                history::page(&mut conn, task, self.shards(), after, limit, max_data).await
             }),
         )
         .await
