@@ -1,6 +1,7 @@
 //! The scenarios that load the machine's two cores on their own: fault
-//! injection with client fleets (`faults`), a real Redis Cluster (`cluster`)
-//! and the soak (`soak`). Each takes [`sluice_tests::chaos::exclusive`], a
+//! injection with client fleets (`faults`), a real Redis Cluster (`cluster`),
+//! the soak (`soak`), and a process out of file descriptors (`fds`, which
+//! must not share its process with anything running). Each takes [`sluice_tests::chaos::exclusive`], a
 //! lock of this process, so they run one at a time whatever
 //! `--test-threads` says; that is why they share this binary.
 //!
@@ -12,4 +13,5 @@
 
 mod cluster;
 mod faults;
+mod fds;
 mod soak;

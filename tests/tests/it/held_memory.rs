@@ -235,7 +235,7 @@ async fn clients_that_never_read_hold_at_most_the_readme_bound() {
         let reads = metric(
             &http,
             edge.addr,
-            "sluice_edge_redis_command_duration_seconds_count{op=\"History\"}",
+            "sluice_edge_redis_command_duration_seconds_count{op=\"history\"}",
         )
         .await;
         let delivered = metric(&http, edge.addr, "sluice_edge_events_delivered_total").await;
