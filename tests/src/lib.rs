@@ -43,6 +43,7 @@ pub mod conformance;
 pub mod edge;
 pub mod load;
 pub mod redis_fixture;
+pub mod rss;
 pub mod sse;
 pub mod util;
 pub mod ws;

@@ -116,25 +116,47 @@ impl<T> Guarded<T> {
             return Poll::Pending;
         };
         ready!(sleep.as_mut().poll(cx));
-        if self.peer.mark_stalled() {
-            self.metrics.write_stalls.inc();
-        }
+        self.stalled();
         Poll::Ready(io::Error::new(
             io::ErrorKind::TimedOut,
             "the peer accepted no bytes within the write timeout",
         ))
     }
 
-    fn progressed(&mut self) {
-        self.blocked = false;
+    /// Records the stall once: the connection's log reason and the metric.
+    fn stalled(&self) {
+        if self.peer.mark_stalled() {
+            self.metrics.write_stalls.inc();
+        }
     }
 
     /// The kernel gave the peer up (`ETIMEDOUT`: sent data unacknowledged,
     /// or a zero window, for `TCP_USER_TIMEOUT`, which the accept loop sets
     /// to the write timeout): a stall too, whichever timer fired first.
     fn failed(&self, e: &io::Error) {
-        if e.kind() == io::ErrorKind::TimedOut && self.peer.mark_stalled() {
-            self.metrics.write_stalls.inc();
+        if e.kind() == io::ErrorKind::TimedOut {
+            self.stalled();
+        }
+    }
+
+    /// What a write (or flush) of the inner socket means for the deadline:
+    /// blocked arms it (and fails once it passed), progress disarms it, a
+    /// kernel timeout counts as a stall.
+    fn settle<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Pending => self.blocked(cx).map(Err),
+            Poll::Ready(Err(e)) => {
+                self.failed(&e);
+                Poll::Ready(Err(e))
+            }
+            ready => {
+                self.blocked = false;
+                ready
+            }
         }
     }
 }
@@ -152,19 +174,13 @@ impl<T: AsyncWrite + Unpin> Guarded<T> {
                 self.rejection = None;
                 return Poll::Ready(Ok(replaced));
             }
-            let rest = &r.bytes[r.written..];
-            match Pin::new(&mut self.inner).poll_write(cx, rest) {
-                Poll::Pending => return self.blocked(cx).map(Err),
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    self.progressed();
+            let polled = Pin::new(&mut self.inner).poll_write(cx, &r.bytes[r.written..]);
+            match ready!(self.settle(cx, polled))? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => {
                     if let Some(r) = self.rejection.as_mut() {
                         r.written += n;
                     }
-                }
-                Poll::Ready(Err(e)) => {
-                    self.failed(&e);
-                    return Poll::Ready(Err(e));
                 }
             }
         }
@@ -251,17 +267,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         if self.rejection.is_some() {
             return self.write_rejection(cx);
         }
-        match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self.blocked(cx).map(Err),
-            Poll::Ready(Err(e)) => {
-                self.failed(&e);
-                Poll::Ready(Err(e))
-            }
-            ready => {
-                self.progressed();
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.settle(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -274,17 +281,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
                 return self.poll_write(cx, first);
             }
         }
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.blocked(cx).map(Err),
-            Poll::Ready(Err(e)) => {
-                self.failed(&e);
-                Poll::Ready(Err(e))
-            }
-            ready => {
-                self.progressed();
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.settle(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -292,17 +290,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.blocked(cx).map(Err),
-            Poll::Ready(Err(e)) => {
-                self.failed(&e);
-                Poll::Ready(Err(e))
-            }
-            ready => {
-                self.progressed();
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.settle(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -6,8 +6,7 @@
 //! allocator), so its RSS (`/proc/<pid>/status`) is the edge's alone and
 //! tests running beside this one in the `it` binary do not count.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use sluice_tests::rss::{reset_hwm, status_kib, RssPeak};
 use std::time::Duration;
 
 use serde_json::json;
@@ -29,61 +28,6 @@ const HISTORY_REQUESTS: usize = 5;
 const QUEUE: usize = 16;
 const PAGE: usize = 1000;
 const PAGE_BYTES: usize = 1024 * 1024;
-
-/// `key:  <n> kB` of `/proc/<pid>/status`, in KiB. Panics when it cannot
-/// be read: a memory bound that cannot be measured must not pass.
-fn status_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot measure the edge's memory: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} line in /proc/{pid}/status"))
-}
-
-/// The highest `VmRSS` of the edge, sampled every 2 ms on a thread of its
-/// own until dropped (a page read lives for milliseconds).
-struct RssPeak {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssPeak {
-    fn start(pid: u32) -> RssPeak {
-        let peak = Arc::new(AtomicU64::new(status_kib(pid, "VmRSS:")));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (peak, stop) = (peak.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(status_kib(pid, "VmRSS:"), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            })
-        };
-        RssPeak {
-            peak,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn peak(&self) -> u64 {
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for RssPeak {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A request on a socket with a small receive buffer that is never read:
 /// the edge fills the kernel's buffers, then holds whatever it has not
@@ -207,7 +151,7 @@ async fn clients_that_never_read_hold_at_most_the_readme_bound() {
     let base = status_kib(pid, "VmRSS:");
     let sampler = RssPeak::start(pid);
     // VmHWM from here on is the exact peak (when the kernel allows the reset).
-    let hwm_exact = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let hwm_exact = reset_hwm(pid);
 
     let mut held = Vec::new();
     for _ in 0..SUBSCRIBERS {

@@ -2,8 +2,7 @@
 //! the edge runs in this process ([`spawn_edge`]), so the RSS it measures
 //! (`/proc/self/status`) is the edge's, and no other test may run in it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use sluice_tests::rss::{reset_hwm, rss_kib, status_kib, RssPeak};
 use std::time::Duration;
 
 use serde_json::json;
@@ -20,78 +19,6 @@ const T: Duration = Duration::from_secs(20);
 const PAGE: usize = sluice_edge::subscription::DEFAULT_HISTORY_PAGE;
 const PAGE_BYTES: usize = sluice_edge::store::DEFAULT_HISTORY_PAGE_BYTES;
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// `key:  <n> kB` from `/proc/self/status`, in KiB. Panics when it cannot
-/// be read: a memory bound that cannot be measured must not pass.
-fn status_kib(key: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_else(|e| {
-        panic!("cannot measure the edge's memory: /proc/self/status is unreadable: {e}")
-    });
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            panic!("cannot measure the edge's memory: no {key} line in /proc/self/status")
-        })
-}
-
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
-}
-
-/// The highest RSS of this process since the last [`RssPeak::phase_peak`],
-/// sampled every 2 ms on a thread of its own (a page read lives for a few
-/// milliseconds; sampling on the test's runtime would miss it).
-struct RssPeak {
-    peak: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RssPeak {
-    fn start() -> RssPeak {
-        let peak = Arc::new(AtomicU64::new(rss_kib()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (peak, stop) = (peak.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(), Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            })
-        };
-        RssPeak {
-            peak,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// The peak since the previous call (or the start); starts a new phase.
-    fn phase_peak(&self) -> u64 {
-        let now = rss_kib();
-        self.peak.swap(now, Ordering::Relaxed).max(now)
-    }
-}
-
-impl Drop for RssPeak {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Resets the kernel's peak-RSS counter (`VmHWM`) to the current RSS, so
-/// that `VmHWM` later is the exact peak since now (the sampler could miss a
-/// spike shorter than its period). False when the kernel refuses.
-fn reset_hwm() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
 
 /// A delivery log whose vectors already hold `n` entries' worth of touched
 /// memory, so that filling it does not count as growth of the edge.
@@ -282,9 +209,9 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
 
     let mut normal_log = preallocated_log(N as usize);
     let mut slow_log = preallocated_log(N as usize);
-    let sampler = RssPeak::start();
-    let base = rss_kib();
-    let hwm_exact = reset_hwm();
+    let sampler = RssPeak::start(std::process::id());
+    let base = rss_kib(std::process::id());
+    let hwm_exact = reset_hwm(std::process::id());
 
     // Phase 1: 20 000 events while one client does not read.
     let producer = {
@@ -316,7 +243,11 @@ async fn slow_client_catches_up_exactly_with_bounded_memory() {
     let catch_up_peak = sampler.phase_peak();
     drop(sampler);
     // VmHWM: the exact peak since `reset_hwm` (when the kernel allowed it).
-    let hwm = if hwm_exact { status_kib("VmHWM:") } else { 0 };
+    let hwm = if hwm_exact {
+        status_kib(std::process::id(), "VmHWM:")
+    } else {
+        0
+    };
     let peak = publish_peak.max(catch_up_peak).max(hwm);
 
     let v = normal_log.check(1, N);
