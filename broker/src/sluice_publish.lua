@@ -75,8 +75,19 @@ local function publish(keys, args)
     return redis.error_reply('SLUICE_CLOSED task ' .. task .. ' is closed')
   end
 
+  local t = redis.call('TIME')
+  local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+  -- The task's epoch: drawn when its meta is created (the server's clock in
+  -- microseconds), so a task recreated after Redis lost its data (wiped,
+  -- restarted without persistence) has another one, and positions handed
+  -- out in the old history no longer verify. 0 for tasks created before
+  -- epochs existed.
+  local epoch = tonumber(redis.call('HGET', meta, 'epoch')) or 0
   local seq = tonumber(redis.call('HGET', meta, 'seq'))
-  if seq == nil then
+  local fresh = (seq == nil)
+  if fresh then
+    epoch = tonumber(t[1] .. string.format('%06d', tonumber(t[2])))
     -- Meta missing (expired apart, deleted, partial restore): continue after
     -- the log's last entry so explicit stream ids stay increasing.
     seq = 0
@@ -86,16 +97,13 @@ local function publish(keys, args)
     end
   end
   seq = seq + 1
-
-  local t = redis.call('TIME')
-  local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local is_final = (final == '1')
 
-  -- The stored event: a MessagePack map {task, seq, type, data, ts, final},
-  -- with the producer's data spliced in unchanged.
+  -- The stored event: a MessagePack map {task, seq, type, data, ts, final,
+  -- epoch}, with the producer's data spliced in unchanged.
   local p = cmsgpack.pack
-  local env = '\134' .. p('task') .. p(task) .. p('seq') .. p(seq) .. p('type') .. p(etype)
-    .. p('data') .. data .. p('ts') .. p(ts) .. p('final') .. p(is_final)
+  local env = '\135' .. p('task') .. p(task) .. p('seq') .. p(seq) .. p('type') .. p(etype)
+    .. p('data') .. data .. p('ts') .. p(ts) .. p('final') .. p(is_final) .. p('epoch') .. p(epoch)
 
   redis.call('XADD', log, 'MAXLEN', '~', log_cap, seq .. '-0', 'e', env)
   redis.call('XADD', feed, 'MAXLEN', '~', feed_cap, '*', 'task', task, 'e', env)
@@ -104,6 +112,7 @@ local function publish(keys, args)
   if is_final then state = 'closed' end
   redis.call('HSET', meta, 'seq', seq, 'state', state, 'latest', env, 'updated', ts)
   if seq == 1 then redis.call('HSET', meta, 'created', ts) end
+  if fresh then redis.call('HSET', meta, 'epoch', string.format('%d', epoch)) end
   if idem ~= '' then redis.call('HSET', meta, 'idem:' .. idem, seq) end
 
   local ttl = idle_ttl

@@ -78,10 +78,16 @@ impl Access {
         self.verifier.is_none()
     }
 
-    /// Checks that the bearer of `token` may read `task`.
-    pub fn authorize(&self, token: Option<&str>, task: &TaskId) -> Result<(), ApiError> {
+    /// Checks that `token` is a valid token (whatever tasks it covers):
+    /// 401 otherwise; always fine when the node runs open.
+    pub fn check_token(&self, token: Option<&str>) -> Result<(), ApiError> {
+        self.claims(token).map(|_| ())
+    }
+
+    /// The claims of a valid token; `None` when the node runs open.
+    fn claims(&self, token: Option<&str>) -> Result<Option<Claims>, ApiError> {
         let Some(verifier) = &self.verifier else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(token) = token else {
             self.metrics.refuse(RefuseReason::Unauthorized);
@@ -91,10 +97,17 @@ impl Access {
                 "a token is required (Authorization: Bearer or ?token=)",
             ));
         };
-        let claims = verifier.verify(token).map_err(|why| {
+        verifier.verify(token).map(Some).map_err(|why| {
             self.metrics.refuse(RefuseReason::Unauthorized);
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
-        })?;
+        })
+    }
+
+    /// Checks that the bearer of `token` may read `task`.
+    pub fn authorize(&self, token: Option<&str>, task: &TaskId) -> Result<(), ApiError> {
+        let Some(claims) = self.claims(token)? else {
+            return Ok(());
+        };
         if claims.allows(task.as_str()) {
             Ok(())
         } else {

@@ -10,6 +10,8 @@ use sluice_broker::PublisherConfig;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+/// Default of `--max-tasks-per-connection`.
+pub const DEFAULT_MAX_TASKS_PER_CONNECTION: usize = 100;
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 15;
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
 pub const DEFAULT_NODE_GRACE_SECS: u64 = 30;
@@ -127,6 +129,15 @@ pub struct Config {
     #[arg(long, env = "SLUICE_HISTORY_PAGE_BYTES", default_value_t = crate::store::DEFAULT_HISTORY_PAGE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024 * 1024 * 1024))]
     pub history_page_bytes: usize,
+
+    /// Most tasks one connection may follow (`/v1/events?task=..`, the
+    /// subscriptions of `/v1/ws`). The default keeps a stream URL of 100
+    /// task ids of UUID length (about 4.2 KB) and its cursor (about 940
+    /// bytes of `Last-Event-ID`) inside common proxies' limits (nginx:
+    /// 8 KB per request line or header; HAProxy: 16 KB per request head).
+    #[arg(long, env = "SLUICE_MAX_TASKS_PER_CONNECTION", default_value_t = DEFAULT_MAX_TASKS_PER_CONNECTION,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    pub max_tasks_per_connection: usize,
 
     /// Seconds between SSE heartbeat comments / WebSocket pings.
     #[arg(long, env = "SLUICE_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS,

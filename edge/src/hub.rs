@@ -1,9 +1,11 @@
 //! The per-node hub: task → local subscribers. The feed reader hands it each
 //! live event once; the hub encodes it once ([`Event`]: shared `Bytes` for
-//! SSE and WebSocket) and offers it to every subscriber with `try_send` into that
-//! subscriber's bounded queue. It never waits on a client: a full queue flags
-//! the subscriber as overflowed, and the subscriber catches up from history at
-//! its own pace.
+//! SSE and WebSocket) and offers it to every subscriber with `try_send` into
+//! the bounded queue of the subscriber's *connection* (one queue per
+//! connection, however many tasks it follows, each event tagged with its
+//! subscription). It never waits on a client: a full queue flags the
+//! subscription as overflowed, and it catches up from history at its own
+//! pace.
 //!
 //! The lock is a short `std::sync::Mutex` section that never spans an
 //! `.await` and never does I/O.
@@ -19,20 +21,49 @@ use crate::metrics::Metrics;
 use crate::store::FeedSink;
 use crate::wire::Event;
 
+/// One live event for one subscription of a connection (its id).
+pub type Queued = (u64, Arc<Event>);
+
+/// What the hub and one connection share: the connection's queue, and how
+/// the hub tells it that some of its subscriptions must catch up.
+#[derive(Debug)]
+pub struct ConnQueue {
+    tx: mpsc::Sender<Queued>,
+    /// Set with any subscription's `catch_up`.
+    pub(crate) flagged: AtomicBool,
+    pub(crate) wake: Notify,
+}
+
+impl ConnQueue {
+    /// A connection's queue of `capacity` events and its receiving end.
+    pub fn new(capacity: usize) -> (Arc<ConnQueue>, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (
+            Arc::new(ConnQueue {
+                tx,
+                flagged: AtomicBool::new(false),
+                wake: Notify::new(),
+            }),
+            rx,
+        )
+    }
+}
+
 /// What the hub and a subscription share.
 #[derive(Debug)]
 pub struct SubShared {
-    tx: mpsc::Sender<Arc<Event>>,
+    id: u64,
+    conn: Arc<ConnQueue>,
     /// Set when the queue overflowed or the feed lost its place; the
     /// subscription then catches up from history.
     pub(crate) catch_up: AtomicBool,
-    pub(crate) wake: Notify,
 }
 
 impl SubShared {
     fn flag(&self) {
         self.catch_up.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.conn.flagged.store(true, Ordering::Release);
+        self.conn.wake.notify_one();
     }
 }
 
@@ -54,8 +85,14 @@ pub struct Registration {
     hub: Arc<Hub>,
     task: String,
     id: u64,
-    pub(crate) rx: mpsc::Receiver<Arc<Event>>,
     pub(crate) shared: Arc<SubShared>,
+}
+
+impl Registration {
+    /// The id its events carry in the connection's queue.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for Registration {
@@ -81,15 +118,20 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the live fan-out of `task`. Never waits on I/O.
-    pub fn register(self: &Arc<Self>, task: &TaskId) -> Registration {
-        let (tx, rx) = mpsc::channel(self.queue_capacity);
-        let shared = Arc::new(SubShared {
-            tx,
-            catch_up: AtomicBool::new(false),
-            wake: Notify::new(),
-        });
+    /// The per-connection queue capacity (`--queue-capacity`).
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity
+    }
+
+    /// Joins the live fan-out of `task`, into the connection's `queue`.
+    /// Never waits on I/O.
+    pub fn register(self: &Arc<Self>, task: &TaskId, queue: &Arc<ConnQueue>) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(SubShared {
+            id,
+            conn: queue.clone(),
+            catch_up: AtomicBool::new(false),
+        });
         {
             let mut inner = self.lock();
             let subs = inner.tasks.entry(task.as_str().to_owned()).or_default();
@@ -103,7 +145,6 @@ impl Hub {
             hub: self.clone(),
             task: task.as_str().to_owned(),
             id,
-            rx,
             shared,
         }
     }
@@ -154,7 +195,7 @@ impl Hub {
             if sub.catch_up.load(Ordering::Acquire) {
                 continue;
             }
-            match sub.tx.try_send(event.clone()) {
+            match sub.conn.tx.try_send((sub.id, event.clone())) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     self.metrics.catchups.inc();
@@ -225,6 +266,7 @@ mod tests {
             data: serde_json::json!(seq),
             ts: 0,
             is_final: false,
+            epoch: 0,
         }
     }
 
@@ -232,14 +274,18 @@ mod tests {
     fn full_queue_flags_and_never_blocks() {
         let hub = Hub::new(2, Arc::new(Metrics::default()));
         let task = TaskId::parse("t").expect("task");
-        let mut reg = hub.register(&task);
+        let (queue, mut rx) = ConnQueue::new(hub.queue_capacity());
+        let reg = hub.register(&task, &queue);
         for s in 1..=10 {
             hub.deliver(&ev(s));
         }
         assert!(reg.shared.catch_up.load(Ordering::Acquire));
-        assert_eq!(reg.rx.try_recv().expect("1").seq, 1);
-        assert_eq!(reg.rx.try_recv().expect("2").seq, 2);
-        assert!(reg.rx.try_recv().is_err());
+        assert!(queue.flagged.load(Ordering::Acquire));
+        for want in 1..=2 {
+            let (id, ev) = rx.try_recv().expect("queued");
+            assert_eq!((id, ev.seq), (reg.id(), want));
+        }
+        assert!(rx.try_recv().is_err());
         assert_eq!(hub.task_count(), 1);
         drop(reg);
         assert_eq!(hub.task_count(), 0);

@@ -140,6 +140,9 @@ pub struct Metrics {
     pub resets: Counter,
     pub refused: Family<ReasonLabel, Counter>,
     pub delivery_latency: Histogram,
+    /// Tasks a stream connection followed (the most at once), observed
+    /// when it ends.
+    pub connection_subscriptions: Histogram,
     pub redis_duration: Family<OpLabel, Histogram, fn() -> Histogram>,
     pub redis_errors: Family<OpLabel, Counter>,
     pub feed_lag: Family<ShardLabel, Gauge>,
@@ -197,6 +200,9 @@ impl Metrics {
             resets: Counter::default(),
             refused: Family::default(),
             delivery_latency: Histogram::new(buckets),
+            connection_subscriptions: Histogram::new([
+                1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0,
+            ]),
             redis_duration: Family::new_with_constructor(redis_histogram as fn() -> Histogram),
             redis_errors: Family::default(),
             feed_lag: Family::default(),
@@ -321,6 +327,11 @@ impl Metrics {
             "Publish timestamp to socket write",
             prometheus_client::registry::Unit::Seconds,
             self.delivery_latency.clone(),
+        );
+        r.register(
+            "connection_subscriptions",
+            "Tasks a stream connection followed (the most at once), when it ended",
+            self.connection_subscriptions.clone(),
         );
         r.register(
             "tcp_connections",

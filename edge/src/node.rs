@@ -306,6 +306,7 @@ fn app_state(config: &Config, status: &Arc<NodeStatus>, tasks: &Tasks) -> AppSta
         heartbeat: config.heartbeat(),
         drain_window: config.drain(),
         tasks: tasks.clone(),
+        max_tasks: config.max_tasks_per_connection,
     };
     AppState {
         status: status.clone(),

@@ -1,10 +1,12 @@
 //! The session driver every transport shares. A [`Session`] drives one
-//! subscription to one peer. It decides what to write and when: batches of
-//! events, heartbeats after quiet intervals, the end of the stream, the
-//! close at a jittered moment once the node drains. It keeps the delivery
-//! metrics and the connection's log line. A transport only frames bytes
-//! ([`Framing`]): SSE into a response body, WebSocket into frames, with its
-//! own ping/pong and close codes.
+//! connection's subscriptions (a [`Mux`]: one task or many) to one peer. It
+//! decides what to write and when: batches of events, heartbeats after
+//! quiet intervals, the end of the stream, the close at a jittered moment
+//! once the node drains, and, on a WebSocket of `/v1/ws`, the peer's
+//! subscribe and unsubscribe requests ([`Heard`]) with their answers. It
+//! keeps the delivery metrics and the connection's log line. A transport
+//! only frames bytes ([`Framing`]): SSE into a response body, WebSocket into
+//! frames, with its own ping/pong and close codes.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,8 +22,8 @@ use crate::lifecycle::{Draining, Tasks};
 use crate::limits::{ConnGuard, Limits};
 use crate::metrics::{Metrics, Transport, TransportLabel};
 use crate::server::io::Peer;
-use crate::subscription::{Subscription, Subscriptions};
-use crate::wire::Event;
+use crate::error::ApiError;
+use crate::subscription::{Delivery, Mux, Opened, Start, Subscriptions};
 
 /// Most events written in one batch.
 pub const BATCH: usize = 64;
@@ -42,6 +44,8 @@ pub struct Sessions {
     pub drain_window: Duration,
     /// Where sessions that outlive their request run (WebSocket).
     pub tasks: Tasks,
+    /// Most tasks one connection may follow (`--max-tasks-per-connection`).
+    pub max_tasks: usize,
 }
 
 /// Why a session ended: the driver's reasons and the peer's. Each transport
@@ -83,23 +87,58 @@ impl End {
     }
 }
 
+/// What the peer said: the end of the session, or (WebSocket of `/v1/ws`)
+/// a request to change the tasks it follows.
+#[derive(Debug)]
+pub enum Heard {
+    End(End),
+    /// Follow `task` from `after` (a seq, or a position `17.AbCd3f`; none:
+    /// from the snapshot).
+    Subscribe {
+        task: String,
+        after: Option<String>,
+    },
+    Unsubscribe {
+        task: String,
+    },
+    /// A message that is none of these: answered with an error, the
+    /// session goes on.
+    Invalid(String),
+}
+
 /// How one transport writes a session. The driver calls one method at a
 /// time and never again after [`Framing::finish`].
 pub trait Framing: Send {
     /// Writes one batch of events, in order. An error ends the session.
-    fn send(&mut self, events: &[Arc<Event>]) -> impl Future<Output = Result<(), End>> + Send;
+    fn send(&mut self, batch: &[Delivery]) -> impl Future<Output = Result<(), End>> + Send;
 
     /// Tells the peer the session is alive after a quiet interval (and may
     /// find that the peer is not).
     fn heartbeat(&mut self) -> impl Future<Output = Result<(), End>> + Send;
 
-    /// Resolves when the peer ends the session; a peer that cannot speak
-    /// (SSE) never does. Must be cancel-safe: the driver polls it against
-    /// everything else and drops it when something else happens first.
-    fn peer_end(&mut self) -> impl Future<Output = End> + Send;
+    /// Resolves when the peer says something that matters to the driver;
+    /// a peer that cannot speak (SSE) never does. Must be cancel-safe: the
+    /// driver polls it against everything else and drops it when something
+    /// else happens first.
+    fn heard(&mut self) -> impl Future<Output = Heard> + Send;
+
+    /// Writes one answer to the peer (a JSON message); only transports
+    /// whose peer can ask ([`Heard::Subscribe`]) are asked to.
+    fn reply(&mut self, message: serde_json::Value)
+        -> impl Future<Output = Result<(), End>> + Send;
 
     /// Writes the end of the session.
     fn finish(&mut self, end: End) -> impl Future<Output = ()> + Send;
+}
+
+/// Whether the caller may read a task (the token's `tasks` claim).
+pub type Authorize = Box<dyn Fn(&TaskId) -> Result<(), ApiError> + Send + Sync>;
+
+/// What a session whose peer changes its task set needs: who may read
+/// what, and how many tasks one connection may follow.
+pub struct Control {
+    pub authorize: Authorize,
+    pub max_tasks: usize,
 }
 
 /// What one connection holds while it lives: its admission (the connection
@@ -115,19 +154,26 @@ pub struct Conn {
 impl Conn {
     /// `peer`: the socket's side of the connection (absent when the router
     /// runs without the node's accept loop, as in unit tests).
+    /// `task`: the task the connection was opened for (the first one of
+    /// many; none for `/v1/ws`).
     pub fn new(
         metrics: &Arc<Metrics>,
         transport: Transport,
-        task: &TaskId,
+        task: Option<&TaskId>,
         guard: ConnGuard,
         peer: Option<Arc<Peer>>,
     ) -> Self {
         Conn {
             transport,
-            log: ConnLog::new(transport.as_str(), task, peer),
+            log: ConnLog::new(transport.as_str(), task, peer, metrics.clone()),
             _alive: AliveGuard::new(metrics),
             _guard: guard,
         }
+    }
+
+    /// Records how many tasks the connection follows now.
+    fn following(&mut self, tasks: usize) {
+        self.log.tasks = self.log.tasks.max(tasks);
     }
 
     /// Records why the connection ended (its log line says so).
@@ -136,10 +182,11 @@ impl Conn {
     }
 }
 
-/// One subscription driven to one peer.
+/// One connection's subscriptions driven to one peer.
 pub struct Session<F> {
-    sub: Subscription,
+    mux: Mux,
     framing: F,
+    control: Option<Control>,
     heartbeat: Interval,
     drain: DrainTimer,
     delivered: Counter,
@@ -149,7 +196,14 @@ pub struct Session<F> {
 }
 
 impl<F: Framing> Session<F> {
-    pub fn new(sessions: &Sessions, conn: Conn, sub: Subscription, framing: F) -> Self {
+    /// `control`: set when the peer may change its task set (`/v1/ws`).
+    pub fn new(
+        sessions: &Sessions,
+        mut conn: Conn,
+        mux: Mux,
+        framing: F,
+        control: Option<Control>,
+    ) -> Self {
         let hb = sessions.heartbeat;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + hb, hb);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,10 +214,12 @@ impl<F: Framing> Session<F> {
                 transport: conn.transport,
             })
             .clone();
-        tracing::debug!(task = %sub.task(), transport = conn.transport.as_str(), "subscribed");
+        conn.following(mux.len());
+        tracing::debug!(tasks = mux.len(), transport = conn.transport.as_str(), "subscribed");
         Session {
-            sub,
+            mux,
             framing,
+            control,
             heartbeat,
             drain: DrainTimer::new(sessions.draining.clone(), sessions.drain_window),
             delivered,
@@ -192,12 +248,15 @@ impl<F: Framing> Session<F> {
         let result = tokio::select! {
             biased;
             () = self.drain.due() => Err(End::Draining),
-            end = self.framing.peer_end() => Err(end),
-            next = self.sub.next() => match next {
+            heard = self.framing.heard() => match heard {
+                Heard::End(end) => Err(end),
+                heard => self.command(heard).await,
+            },
+            next = self.mux.next() => match next {
                 Ok(Some(first)) => self.deliver(first).await,
                 Ok(None) => Err(End::Finished),
                 Err(e) => {
-                    tracing::warn!(task = %self.sub.task(), transport = self.conn.transport.as_str(), cause = %e, "subscription failed; closing so the client resumes");
+                    tracing::warn!(transport = self.conn.transport.as_str(), cause = %e, "subscription failed; closing so the client resumes");
                     Err(End::BackendUnavailable)
                 }
             },
@@ -207,7 +266,7 @@ impl<F: Framing> Session<F> {
             return true;
         };
         if end == End::Draining {
-            tracing::debug!(task = %self.sub.task(), "closing for drain");
+            tracing::debug!(tasks = self.mux.len(), "closing for drain");
         }
         self.conn.ended(end);
         self.framing.finish(end).await;
@@ -215,17 +274,93 @@ impl<F: Framing> Session<F> {
         false
     }
 
+    /// The session's subscriptions (a transport reads their positions).
+    pub fn mux(&self) -> &Mux {
+        &self.mux
+    }
+
+    /// Does what the peer asked (subscribe, unsubscribe) and answers it.
+    /// A refused request is answered with an error and leaves every other
+    /// subscription alone; only a failed write ends the session.
+    async fn command(&mut self, heard: Heard) -> Result<(), End> {
+        let Some(control) = &self.control else {
+            return Ok(());
+        };
+        let answer = match heard {
+            Heard::End(end) => return Err(end),
+            Heard::Invalid(why) => refused(None, "invalid_message", &why),
+            Heard::Unsubscribe { task } => match TaskId::parse(&task) {
+                Err(e) => refused(Some(&task), "invalid_task", &format!("task id {e}")),
+                Ok(id) if self.mux.close(&id) => {
+                    serde_json::json!({"op": "unsubscribed", "task": task})
+                }
+                Ok(_) => refused(Some(&task), "not_subscribed", "this task is not followed"),
+            },
+            Heard::Subscribe { task, after } => {
+                let parsed = TaskId::parse(&task)
+                    .map_err(|e| ("invalid_task", format!("task id {e}")))
+                    .and_then(|id| {
+                        let start = match after.as_deref() {
+                            None => Start::Latest,
+                            Some(raw) => Start::After(
+                                sluice_shared::Position::parse(raw)
+                                    .map_err(|e| ("invalid_resume_point", format!("after {e}")))?,
+                            ),
+                        };
+                        Ok((id, start))
+                    });
+                match parsed {
+                    Err((code, why)) => refused(Some(&task), code, &why),
+                    Ok((id, start)) => {
+                        if let Err(e) = (control.authorize)(&id) {
+                            refused(Some(&task), e.code, &e.message)
+                        } else if !self.mux.follows(&id) && self.mux.len() >= control.max_tasks {
+                            refused(
+                                Some(&task),
+                                "too_many_tasks",
+                                &format!(
+                                    "a connection follows at most {} tasks (--max-tasks-per-connection)",
+                                    control.max_tasks
+                                ),
+                            )
+                        } else {
+                            match self.mux.open(id, start).await {
+                                Ok(opened) => {
+                                    self.conn.following(self.mux.len());
+                                    let state = match opened {
+                                        Opened::Streaming => "streaming",
+                                        Opened::Finished => "finished",
+                                    };
+                                    serde_json::json!({"op": "subscribed", "task": task, "state": state})
+                                }
+                                Err(e) => {
+                                    tracing::warn!(task = %task, cause = %e, "cannot open subscription");
+                                    refused(
+                                        Some(&task),
+                                        "backend_unavailable",
+                                        "the backend cannot serve this task now; subscribe again later",
+                                    )
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.framing.reply(answer).await
+    }
+
     /// Writes `first` and whatever else is ready, up to [`BATCH`] events
     /// or [`BATCH_BYTES`], as one batch.
-    async fn deliver(&mut self, first: Arc<Event>) -> Result<(), End> {
-        let mut bytes = first.sse.len();
+    async fn deliver(&mut self, first: Delivery) -> Result<(), End> {
+        let mut bytes = first.ev.sse.len();
         let mut batch = Vec::with_capacity(8);
         batch.push(first);
         while batch.len() < BATCH && bytes < BATCH_BYTES {
-            match self.sub.next_ready() {
-                Some(ev) => {
-                    bytes += ev.sse.len();
-                    batch.push(ev);
+            match self.mux.next_ready() {
+                Some(d) => {
+                    bytes += d.ev.sse.len();
+                    batch.push(d);
                 }
                 None => break,
             }
@@ -233,7 +368,7 @@ impl<F: Framing> Session<F> {
         let now_ms = chrono::Utc::now().timestamp_millis();
         self.framing.send(&batch).await?;
         self.delivered.inc_by(batch.len() as u64);
-        for ev in batch.iter().filter(|e| e.ts > 0) {
+        for ev in batch.iter().map(|d| &d.ev).filter(|e| e.ts > 0) {
             self.metrics
                 .delivery_latency
                 .observe((now_ms - ev.ts).max(0) as f64 / 1000.0);
@@ -242,6 +377,11 @@ impl<F: Framing> Session<F> {
         self.heartbeat.reset();
         Ok(())
     }
+}
+
+/// An error answer to a peer's request.
+fn refused(task: Option<&str>, code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"op": "error", "task": task, "error": code, "message": message})
 }
 
 /// A session's moment to close once the node drains: drawn at random
@@ -279,28 +419,40 @@ impl DrainTimer {
     }
 }
 
-/// One log line per connection when it ends: transport, task, duration,
-/// events sent and why it ended ("stalled" when the socket's write
-/// deadline closed it, whatever the transport saw of it).
+/// One log line per connection when it ends: transport, task (the first
+/// one), how many tasks it followed, duration, events sent and why it
+/// ended ("stalled" when the socket's write deadline closed it, whatever
+/// the transport saw of it). The task count goes to the
+/// `connection_subscriptions` histogram too.
 struct ConnLog {
     transport: &'static str,
     task: String,
+    tasks: usize,
     opened: std::time::Instant,
     events: u64,
     reason: &'static str,
     peer: Option<Arc<Peer>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ConnLog {
-    fn new(transport: &'static str, task: &TaskId, peer: Option<Arc<Peer>>) -> Self {
+    fn new(
+        transport: &'static str,
+        task: Option<&TaskId>,
+        peer: Option<Arc<Peer>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let task = task.map_or_else(|| "-".to_owned(), |t| t.to_string());
         tracing::debug!(transport, task = %task, "connection opened");
         ConnLog {
             transport,
-            task: task.to_string(),
+            task,
+            tasks: 0,
             opened: std::time::Instant::now(),
             events: 0,
             reason: "client went away",
             peer,
+            metrics,
         }
     }
 }
@@ -318,9 +470,13 @@ impl ConnLog {
 
 impl Drop for ConnLog {
     fn drop(&mut self) {
+        self.metrics
+            .connection_subscriptions
+            .observe(self.tasks as f64);
         tracing::info!(
             transport = self.transport,
             task = %self.task,
+            tasks = self.tasks,
             duration_ms = self.opened.elapsed().as_millis() as u64,
             events = self.events,
             reason = self.reason(),
@@ -354,7 +510,12 @@ mod tests {
     fn a_stalled_socket_is_the_reason_whatever_the_transport_saw() {
         let task = TaskId::parse("t1").expect("task id");
         let peer = Arc::new(Peer::default());
-        let mut log = ConnLog::new("sse", &task, Some(peer.clone()));
+        let mut log = ConnLog::new(
+            "sse",
+            Some(&task),
+            Some(peer.clone()),
+            Arc::new(Metrics::default()),
+        );
         assert_eq!(log.reason(), "client went away");
         log.reason = End::WriteFailed.reason();
         assert_eq!(log.reason(), "write failed");

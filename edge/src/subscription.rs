@@ -1,76 +1,97 @@
-//! A subscription: one (connection, task) pair with its own cursor, the last
-//! delivered seq. Every way of getting events — snapshot on connect, resume,
-//! gap filling, slow-client catch-up, re-sync after the feed lost its place —
-//! reduces to one rule: deliver from `last + 1`, reading the task log until
-//! caught up, then live; anything at or below `last` is skipped.
+//! Subscriptions: one (connection, task) pair with its own cursor, the
+//! position of the last delivered event, and the [`Mux`] that drives every
+//! subscription of one connection. Every way of getting events — snapshot on
+//! connect, resume, gap filling, slow-client catch-up, re-sync after the
+//! feed lost its place — reduces to one rule: deliver from `last + 1`,
+//! reading the task log until caught up, then live; anything at or below
+//! `last` is skipped.
 //!
-//! Memory per subscription is bounded: the live queue (`queue_capacity`
-//! events, shared `Arc`s) plus at most one history page, which is bounded
-//! in bytes (`--history-page-bytes`) as well as in events
-//! (`--history-page`).
+//! A connection's memory is bounded however many tasks it follows: one
+//! live queue per connection (`queue_capacity` events, shared `Arc`s, each
+//! tagged with its subscription), at most one history page at a time (the
+//! subscriptions that must read history take turns, a page each, so one
+//! busy task cannot starve the others), the snapshots read when the tasks
+//! were opened, and a few hundred bytes of state per task.
+//!
+//! Positions are verified ([`sluice_shared::position`]): a resume point
+//! with a tag is checked against the store (the task's epoch, the event at
+//! that seq) before anything is delivered, and after every re-sync the
+//! event delivered last is checked again; a mismatch is a `sluice.reset`,
+//! never a silent continuation in another history.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sluice_shared::event::{Snapshot, TaskState};
+use sluice_shared::position::{Position, Tag};
 use sluice_shared::{Seq, TaskId};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::hub::{Hub, Registration};
+use crate::hub::{ConnQueue, Hub, Queued, Registration};
 use crate::metrics::Metrics;
 use crate::store::{PageLimit, Store, StoreError};
 use crate::wire::Event;
 
 /// Default history page size for resume and catch-up.
 pub const DEFAULT_HISTORY_PAGE: usize = 1000;
-/// Failed history reads a subscription retries before it gives up and the
-/// connection closes (about 30 s in all with the waits below).
+/// Failed history reads a connection retries before it gives up and closes
+/// (about 30 s in all with the waits below).
 const FILL_RETRIES: u32 = 20;
-const FILL_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(50);
-const FILL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+const FILL_RETRY_BASE: Duration = Duration::from_millis(50);
+const FILL_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Live events delivered in a row before a subscription waiting to read
+/// history gets its turn (so a steady live flow cannot starve catch-up).
+const FILL_EVERY: u32 = 256;
 
 /// Where a subscriber wants to start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// No resume point: the snapshot (latest event), then live.
     Latest,
-    /// Resume point: every retained event with seq > N, then live.
-    After(Seq),
+    /// Resume point: every retained event after it, then live. Verified
+    /// first when it carries a tag.
+    After(Position),
 }
 
-/// The outcome of opening a subscription.
-pub enum Opening {
+impl Start {
+    /// After a bare (unverified) seq.
+    pub fn after(seq: Seq) -> Start {
+        Start::After(Position::bare(seq))
+    }
+}
+
+/// How a connection's tasks are delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every event of every task, in order.
+    All,
+    /// At most one event per task per interval, always the newest; final
+    /// events and resets are never held back or dropped.
+    Latest(Duration),
+}
+
+/// What opening one task found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// The task is followed.
+    Streaming,
     /// The resume point is at or past the task's final event: nothing more
-    /// will ever come (SSE answers 204, WebSocket closes 1000).
+    /// will ever come (a single-task SSE answers 204, WebSocket closes 1000).
     Finished,
-    Stream(Subscription),
 }
 
-pub struct Subscription {
-    task: TaskId,
-    reg: Registration,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    /// Last delivered seq.
-    last: Seq,
-    /// Fingerprint of the last delivered event (0: none, or a reset).
-    last_digest: u64,
-    /// After a re-sync: check that the store still holds the event delivered
-    /// last, under its seq, before going on (Redis may have lost
-    /// acknowledged writes, then given the same seqs to new events).
-    verify_last: bool,
-    /// Ready to deliver, in order (a history page, a snapshot, a reset).
-    pending: VecDeque<Arc<Event>>,
-    /// History must be read from `last + 1` before going live.
-    catching_up: bool,
-    /// The final event was delivered.
-    done: bool,
-    page: PageLimit,
-    /// Consecutive history reads that failed (Redis unavailable).
-    fill_failures: u32,
+/// One event for one of the connection's tasks (`index`: the task's place
+/// in [`Mux::tasks`]).
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub index: usize,
+    pub ev: Arc<Event>,
 }
 
-/// What opening a subscription needs: the hub to register with, the store
+/// What opening subscriptions needs: the hub to register with, the store
 /// to read, the metrics to count in and the history page's limit. Cheap to
 /// clone.
 #[derive(Clone)]
@@ -96,49 +117,306 @@ impl Subscriptions {
         }
     }
 
-    /// Opens a subscription to `task` from `start`. Registers with the hub
-    /// first, then reads the store, so no live event can fall between the
-    /// read and the registration.
-    pub async fn open(&self, task: TaskId, start: Start) -> Result<Opening, StoreError> {
-        let reg = self.hub.register(&task);
-        let snapshot = self.store.snapshot(&task).await?;
+    /// The subscriptions of one new connection. `end_when_done`: the
+    /// connection ends once every task it follows has ended (SSE); a
+    /// WebSocket of `/v1/ws` stays open for more subscriptions.
+    pub fn mux(&self, mode: Mode, end_when_done: bool) -> Mux {
+        let (queue, rx) = ConnQueue::new(self.hub.queue_capacity());
+        let tick = match mode {
+            Mode::Latest(every) => {
+                let mut t = tokio::time::interval_at(Instant::now() + every, every);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Some(t)
+            }
+            Mode::All => None,
+        };
+        Mux {
+            ctx: self.clone(),
+            subs: Vec::new(),
+            queue,
+            rx,
+            mode,
+            end_when_done,
+            tick,
+            next_fill: 0,
+            live_streak: 0,
+            fill_failures: 0,
+            retry_at: None,
+        }
+    }
+}
+
+/// Every subscription of one connection, delivered through one bounded
+/// queue; see the module documentation for the memory bound.
+pub struct Mux {
+    ctx: Subscriptions,
+    subs: Vec<Subscription>,
+    queue: Arc<ConnQueue>,
+    rx: mpsc::Receiver<Queued>,
+    mode: Mode,
+    end_when_done: bool,
+    /// Latest mode: when held events go out.
+    tick: Option<tokio::time::Interval>,
+    /// Where the next search for a subscription to fill starts (turns).
+    next_fill: usize,
+    /// Live events delivered since the last history read.
+    live_streak: u32,
+    /// Consecutive history reads that failed (Redis unavailable).
+    fill_failures: u32,
+    /// After a failed read: no history read before this moment.
+    retry_at: Option<Instant>,
+}
+
+impl Mux {
+    /// The tasks followed, in the order they were opened.
+    pub fn tasks(&self) -> impl ExactSizeIterator<Item = &TaskId> {
+        self.subs.iter().map(|s| &s.task)
+    }
+
+    pub fn len(&self) -> usize {
+        self.subs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether `task` is followed.
+    pub fn follows(&self, task: &TaskId) -> bool {
+        self.subs.iter().any(|s| &s.task == task)
+    }
+
+    /// Each task's position, in [`Mux::tasks`] order: what a client that
+    /// got everything delivered so far resumes from (`None`: nothing is
+    /// known yet; it starts from the task's snapshot).
+    pub fn positions(&self) -> Vec<Option<Position>> {
+        self.subs.iter().map(Subscription::position).collect()
+    }
+
+    /// Whether every task followed has ended (all their events delivered).
+    pub fn all_done(&self) -> bool {
+        self.subs.iter().all(|s| s.done && s.pending.is_empty())
+    }
+
+    /// Follows `task` from `start`: registers with the hub first, then
+    /// reads the store (so no live event can fall between the read and the
+    /// registration), and verifies a tagged resume point. A task that is
+    /// already followed is left as it is.
+    pub async fn open(&mut self, task: TaskId, start: Start) -> Result<Opened, StoreError> {
+        if let Some(sub) = self.subs.iter().find(|s| s.task == task) {
+            return Ok(if sub.done {
+                Opened::Finished
+            } else {
+                Opened::Streaming
+            });
+        }
+        let reg = self.ctx.hub.register(&task, &self.queue);
         let mut sub = Subscription {
             task,
-            reg,
-            store: self.store.clone(),
-            metrics: self.metrics.clone(),
+            reg: Some(reg),
             last: 0,
-            last_digest: 0,
+            last_tag: None,
+            known: false,
             verify_last: false,
             pending: VecDeque::new(),
             catching_up: false,
             done: false,
-            page: self.page,
-            fill_failures: 0,
+            held: None,
+            ends_after_reset: false,
         };
-        match (start, snapshot) {
-            (Start::Latest, None) => {}
-            (Start::Latest, Some(s)) => {
-                sub.last = s.seq.saturating_sub(1);
-                sub.pending.push_back(Event::from_snapshot(&s.latest));
-            }
-            (Start::After(0), None) => {}
-            (Start::After(_), None) => sub.reset(None),
-            (Start::After(n), Some(s)) => {
-                if n >= s.seq && s.state == TaskState::Closed {
-                    return Ok(Opening::Finished);
-                }
-                if n > s.seq {
-                    // The id was reused or the store lost data.
-                    sub.reset(Some(&s));
-                } else {
-                    sub.last = n;
-                    sub.catching_up = n < s.seq;
-                }
+        let opened = sub.open(&self.ctx, start, self.mode).await?;
+        self.subs.push(sub);
+        Ok(opened)
+    }
+
+    /// Stops following `task`; false if it was not followed.
+    pub fn close(&mut self, task: &TaskId) -> bool {
+        let before = self.subs.len();
+        self.subs.retain(|s| &s.task != task);
+        self.next_fill = 0;
+        self.subs.len() != before
+    }
+
+    /// The next event that is ready without I/O (a buffered history page,
+    /// snapshot or reset, or a queued live event), or `None` if getting one
+    /// needs to wait. Lets transports batch several events into one write.
+    pub fn next_ready(&mut self) -> Option<Delivery> {
+        self.take_flags();
+        for (index, sub) in self.subs.iter_mut().enumerate() {
+            if let Some(ev) = sub.pop_pending(self.mode) {
+                return Some(Delivery { index, ev });
             }
         }
-        Ok(Opening::Stream(sub))
+        while let Ok((id, ev)) = self.rx.try_recv() {
+            let Some(index) = self.index_of(id) else {
+                continue; // closed since
+            };
+            if let Some(ev) = self.subs[index].accept_live(ev, self.mode, &self.ctx.metrics) {
+                self.live_streak = self.live_streak.saturating_add(1);
+                return Some(Delivery { index, ev });
+            }
+        }
+        None
     }
+
+    /// The next event to deliver; `None` once every task has ended (when
+    /// the connection ends with them). Cancel-safe: state only changes
+    /// after an `.await` returns.
+    pub async fn next(&mut self) -> Result<Option<Delivery>, StoreError> {
+        loop {
+            let starved = self.live_streak >= FILL_EVERY && self.fill_candidate().is_some();
+            if !starved {
+                if let Some(d) = self.next_ready() {
+                    return Ok(Some(d));
+                }
+            }
+            if self.end_when_done && self.all_done() {
+                return Ok(None);
+            }
+            if let Some(i) = self.fill_candidate() {
+                self.live_streak = 0;
+                self.next_fill = i + 1;
+                let mode = self.mode;
+                match self.subs[i].fill(&self.ctx, mode).await {
+                    Ok(()) => {
+                        self.fill_failures = 0;
+                        self.retry_at = None;
+                    }
+                    Err(StoreError::Unavailable(cause)) if self.fill_failures < FILL_RETRIES => {
+                        // Redis is away for a moment (restart, failover):
+                        // keep the connection and its cursors, deliver what
+                        // else there is, and try again. Closing would make
+                        // the client resume from positions that can only
+                        // be checked once Redis is back anyway.
+                        self.fill_failures += 1;
+                        let wait = FILL_RETRY_BASE
+                            .saturating_mul(1 << self.fill_failures.min(5))
+                            .min(FILL_RETRY_MAX);
+                        tracing::debug!(task = %self.subs[i].task, cause = %cause, retry_in_ms = wait.as_millis() as u64, "history read failed; retrying");
+                        self.retry_at = Some(Instant::now() + wait);
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let retry_at = self.retry_at;
+            // Every branch is cancel-safe (`notified`, `recv`, `tick`,
+            // `sleep_until`).
+            tokio::select! {
+                biased;
+                _ = self.queue.wake.notified() => {}
+                q = self.rx.recv() => {
+                    // The mux holds a sender (the queue), so `recv` never
+                    // ends.
+                    if let Some((id, ev)) = q {
+                        if let Some(index) = self.index_of(id) {
+                            if let Some(ev) = self.subs[index].accept_live(ev, self.mode, &self.ctx.metrics) {
+                                self.live_streak = self.live_streak.saturating_add(1);
+                                return Ok(Some(Delivery { index, ev }));
+                            }
+                        }
+                    }
+                }
+                _ = tick(&mut self.tick) => {
+                    for sub in &mut self.subs {
+                        sub.release_held();
+                    }
+                }
+                () = sleep_until(retry_at) => self.retry_at = None,
+            }
+        }
+    }
+
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.subs
+            .iter()
+            .position(|s| s.reg.as_ref().is_some_and(|r| r.id() == id))
+    }
+
+    /// Subscriptions the hub flagged (their queue overflowed, or the feed
+    /// lost its place) catch up from history, checking first that the
+    /// event they delivered last is still there.
+    fn take_flags(&mut self) {
+        if !self.queue.flagged.load(Ordering::Acquire)
+            || !self.queue.flagged.swap(false, Ordering::AcqRel)
+        {
+            return;
+        }
+        for sub in &mut self.subs {
+            let flagged = sub
+                .reg
+                .as_ref()
+                .is_some_and(|r| r.shared.catch_up.swap(false, Ordering::AcqRel));
+            if flagged && !sub.done {
+                sub.catching_up = true;
+                sub.verify_last = sub.last_tag.is_some();
+            }
+        }
+    }
+
+    /// The next subscription (in turns) that must read the store and may:
+    /// no page is buffered (one page per connection at a time) and no
+    /// failed read is waiting out its delay.
+    fn fill_candidate(&self) -> Option<usize> {
+        if self.retry_at.is_some_and(|t| t > Instant::now()) {
+            return None;
+        }
+        if self.subs.iter().any(|s| !s.pending.is_empty()) {
+            return None;
+        }
+        let n = self.subs.len();
+        (0..n)
+            .map(|k| (self.next_fill + k) % n)
+            .find(|&i| self.subs[i].catching_up && !self.subs[i].done)
+    }
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One task of a connection.
+pub struct Subscription {
+    task: TaskId,
+    /// Membership in the hub; dropped once the task ended.
+    reg: Option<Registration>,
+    /// Last delivered seq, and the tag of that event (`None`: not verified,
+    /// or nothing delivered).
+    last: Seq,
+    last_tag: Option<Tag>,
+    /// Whether `last` is a position the client holds (false until the
+    /// first delivery when it started from the snapshot).
+    known: bool,
+    /// Check that the store still holds the event delivered last, under
+    /// its seq, before going on (Redis may have lost acknowledged writes,
+    /// then given the same seqs to new events).
+    verify_last: bool,
+    /// Ready to deliver, in order (a history page, a snapshot, a reset).
+    pending: VecDeque<Arc<Event>>,
+    /// The store must be read from `last + 1` before going live.
+    catching_up: bool,
+    /// The final event was delivered.
+    done: bool,
+    /// Latest mode: the newest live event not yet delivered.
+    held: Option<Arc<Event>>,
+    /// The reset queued is of a closed task: the subscription ends with it.
+    ends_after_reset: bool,
 }
 
 impl Subscription {
@@ -146,126 +424,203 @@ impl Subscription {
         &self.task
     }
 
-    fn reset(&mut self, snapshot: Option<&Snapshot>) {
-        self.metrics.resets.inc();
-        self.pending.clear();
-        self.pending.push_back(Event::reset(&self.task, snapshot));
-        // A closed task ends the stream right after the reset.
-        self.done = snapshot.is_some_and(|s| s.state == TaskState::Closed);
-        self.catching_up = false;
+    fn position(&self) -> Option<Position> {
+        self.known.then_some(Position {
+            seq: self.last,
+            tag: self.last_tag,
+        })
     }
 
-    /// The next event that is ready without I/O (a queued live event or a
-    /// buffered history page), or `None` if getting one needs to wait. Lets
-    /// transports batch several events into one socket write.
-    pub fn next_ready(&mut self) -> Option<Arc<Event>> {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                if ev.is_reset {
-                    self.last = ev.seq;
-                    self.last_digest = 0;
-                    return Some(ev);
-                }
-                if ev.seq <= self.last {
-                    continue;
-                }
-                if ev.seq > self.last + 1 {
-                    // Not contiguous (cannot happen for pages): refill.
-                    self.pending.clear();
+    /// The first read: where the subscription starts.
+    async fn open(
+        &mut self,
+        ctx: &Subscriptions,
+        start: Start,
+        mode: Mode,
+    ) -> Result<Opened, StoreError> {
+        let snapshot = ctx.store.snapshot(&self.task).await?;
+        match (start, snapshot) {
+            (Start::Latest, None) => self.known = true,
+            (Start::Latest, Some(s)) => {
+                self.last = s.seq.saturating_sub(1);
+                self.pending.push_back(Event::from_snapshot(&s));
+            }
+            (Start::After(p), None) if p.seq == 0 => self.known = true,
+            (Start::After(p), None) => {
+                self.set_position(p);
+                self.reset(&ctx.metrics, None);
+            }
+            (Start::After(p), Some(s)) => {
+                self.set_position(p);
+                let at = s.position();
+                let epoch_differs = matches!((p.tag, at.tag), (Some(a), Some(b)) if a.epoch() != b.epoch());
+                if epoch_differs || p.seq > s.seq {
+                    // Another history (the store lost the task and it was
+                    // recreated), or an id reused.
+                    self.reset(&ctx.metrics, Some(&s));
+                } else if p.seq == s.seq {
+                    if p.tag.is_some() && p.tag != at.tag {
+                        self.reset(&ctx.metrics, Some(&s));
+                    } else if s.state == TaskState::Closed {
+                        self.finish();
+                        return Ok(Opened::Finished);
+                    }
+                } else {
                     self.catching_up = true;
-                    return None;
+                    self.verify_last = p.tag.is_some();
+                    if mode != Mode::All && !self.verify_last {
+                        // Latest mode: the snapshot is the newest event.
+                        self.catching_up = false;
+                        self.pending.push_back(Event::from_snapshot(&s));
+                    }
                 }
+            }
+        }
+        Ok(Opened::Streaming)
+    }
+
+    fn set_position(&mut self, p: Position) {
+        self.last = p.seq;
+        self.last_tag = p.tag;
+        self.known = true;
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.pending.clear();
+        self.held = None;
+        self.catching_up = false;
+        // Nothing more will come: leave the hub.
+        self.reg = None;
+    }
+
+    fn reset(&mut self, metrics: &Metrics, snapshot: Option<&Snapshot>) {
+        metrics.resets.inc();
+        self.pending.clear();
+        self.held = None;
+        self.pending.push_back(Event::reset(&self.task, snapshot));
+        self.catching_up = false;
+        self.ends_after_reset = snapshot.is_some_and(|s| s.state == TaskState::Closed);
+    }
+
+    /// The next buffered event to deliver (a page, a snapshot, a reset).
+    fn pop_pending(&mut self, mode: Mode) -> Option<Arc<Event>> {
+        while let Some(ev) = self.pending.pop_front() {
+            if ev.is_reset {
                 self.last = ev.seq;
-                self.last_digest = ev.digest;
-                if ev.is_final {
-                    self.done = true;
-                    self.pending.clear();
+                self.last_tag = ev.tag;
+                self.known = true;
+                // A closed task ends right after its reset.
+                if self.ends_after_reset {
+                    self.finish();
                 }
                 return Some(ev);
             }
-            if self.done || self.catching_up || self.reg.shared.catch_up.load(Ordering::Acquire) {
-                return None;
-            }
-            match self.reg.rx.try_recv() {
-                Ok(ev) => self.accept_live(ev),
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn accept_live(&mut self, ev: Arc<Event>) {
-        if ev.seq <= self.last {
-            return;
-        }
-        if ev.seq == self.last + 1 {
-            self.pending.push_back(ev);
-        } else {
-            // Missed feed entries: fill from the task log.
-            self.metrics.gaps.inc();
-            self.catching_up = true;
-        }
-    }
-
-    /// The next event to deliver; `None` once the task's final event was
-    /// delivered (or the node is shutting down). Cancel-safe: state only
-    /// changes after an `.await` returns.
-    pub async fn next(&mut self) -> Result<Option<Arc<Event>>, StoreError> {
-        loop {
-            if let Some(ev) = self.next_ready() {
-                return Ok(Some(ev));
-            }
-            if self.done {
-                return Ok(None);
-            }
-            if self.reg.shared.catch_up.swap(false, Ordering::AcqRel) {
-                // Overflowed or re-sync: drop what was queued, Redis is the
-                // buffer from here.
-                while self.reg.rx.try_recv().is_ok() {}
-                self.catching_up = true;
-                self.verify_last = true;
-            }
-            if self.catching_up {
-                match self.fill().await {
-                    Ok(()) => self.fill_failures = 0,
-                    Err(StoreError::Unavailable(cause)) if self.fill_failures < FILL_RETRIES => {
-                        // Redis is away for a moment (restart, failover):
-                        // keep the connection and its cursor, and try again.
-                        // Closing would make the client resume with a bare
-                        // seq, which cannot tell whether Redis lost writes.
-                        self.fill_failures += 1;
-                        let wait = FILL_RETRY_BASE
-                            .saturating_mul(1 << self.fill_failures.min(5))
-                            .min(FILL_RETRY_MAX);
-                        tracing::debug!(task = %self.task, cause = %cause, retry_in_ms = wait.as_millis() as u64, "history read failed; retrying");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => return Err(e),
-                }
+            if ev.seq <= self.last && self.known {
                 continue;
             }
-            // Live. Both branches are cancel-safe (`notified` and `recv`).
-            tokio::select! {
-                biased;
-                _ = self.reg.shared.wake.notified() => {}
-                ev = self.reg.rx.recv() => match ev {
-                    Some(ev) => self.accept_live(ev),
-                    None => return Ok(None),
-                },
+            if mode == Mode::All && ev.seq > self.last + 1 && self.known {
+                // Not contiguous (cannot happen for pages): refill.
+                self.pending.clear();
+                self.catching_up = true;
+                return None;
+            }
+            self.deliver(&ev);
+            return Some(ev);
+        }
+        None
+    }
+
+    fn deliver(&mut self, ev: &Event) {
+        self.last = ev.seq;
+        self.last_tag = ev.tag;
+        self.known = true;
+        if ev.is_final {
+            self.finish();
+        }
+    }
+
+    /// A live event from the connection's queue: delivered now, held
+    /// (latest mode), or dropped (already delivered, or to be read from
+    /// history: the store holds every event the feed carries).
+    fn accept_live(&mut self, ev: Arc<Event>, mode: Mode, metrics: &Metrics) -> Option<Arc<Event>> {
+        if self.done {
+            return None;
+        }
+        let tail = self.pending.back().map_or(self.last, |e| e.seq);
+        let tail = self.held.as_ref().map_or(tail, |h| h.seq.max(tail));
+        if ev.seq <= tail {
+            return None;
+        }
+        if self.catching_up {
+            return None;
+        }
+        match mode {
+            Mode::All => {
+                if ev.seq == tail + 1 && self.pending.is_empty() {
+                    self.deliver(&ev);
+                    return Some(ev);
+                }
+                if ev.seq != tail + 1 {
+                    // Missed feed entries: fill from the task log.
+                    metrics.gaps.inc();
+                }
+                self.catching_up = true;
+                None
+            }
+            Mode::Latest(_) => {
+                if ev.is_final && self.pending.is_empty() {
+                    self.held = None;
+                    self.deliver(&ev);
+                    return Some(ev);
+                }
+                // Newer than anything buffered: hold it for the next tick
+                // (a final event behind a buffered one goes out with it).
+                if ev.is_final {
+                    self.pending.push_back(ev);
+                } else {
+                    self.held = Some(ev);
+                }
+                None
             }
         }
     }
 
-    /// Reads one history page after `last`.
-    async fn fill(&mut self) -> Result<(), StoreError> {
+    /// Latest mode, on the interval's tick: the held event goes out.
+    fn release_held(&mut self) {
+        if self.pending.is_empty() {
+            if let Some(ev) = self.held.take() {
+                self.pending.push_back(ev);
+            }
+        }
+    }
+
+    /// Reads the store once for a subscription that is catching up.
+    async fn fill(&mut self, ctx: &Subscriptions, mode: Mode) -> Result<(), StoreError> {
         if self.verify_last {
             // Cleared only once the check ran: a failed read retries it.
-            let reset = self.last_digest != 0 && self.verify().await?;
+            let reset = self.verify(ctx).await?;
             self.verify_last = false;
             if reset {
                 return Ok(());
             }
         }
-        if self.take_page().await? {
+        if let Mode::Latest(_) = mode {
+            // Only the newest event matters: the snapshot.
+            let snap = ctx.store.snapshot(&self.task).await?;
+            self.catching_up = false;
+            match snap {
+                Some(s) if s.seq > self.last => {
+                    self.held = None;
+                    self.pending.push_back(Event::from_snapshot(&s));
+                }
+                Some(s) if s.seq < self.last => self.reset(&ctx.metrics, Some(&s)),
+                None if self.last > 0 => self.reset(&ctx.metrics, None),
+                _ => {}
+            }
+            return Ok(());
+        }
+        if self.take_page(ctx).await? {
             return Ok(());
         }
         // Caught up, unless the log is gone while the task moved on. A
@@ -274,59 +629,74 @@ impl Subscription {
         // and the log again: the function writes log and meta atomically,
         // so a log read that follows the snapshot holds every event up to
         // its seq unless Redis trimmed or lost them.
-        let snap = self.store.snapshot(&self.task).await?;
-        if self.take_page().await? {
+        let snap = ctx.store.snapshot(&self.task).await?;
+        if self.take_page(ctx).await? {
             return Ok(());
         }
         match snap {
-            Some(s) if s.seq > self.last => self.reset(Some(&s)),
-            Some(s) if s.seq < self.last => self.reset(Some(&s)),
-            None if self.last > 0 => self.reset(None),
+            Some(s) if s.seq > self.last => self.reset(&ctx.metrics, Some(&s)),
+            Some(s) if s.seq < self.last => self.reset(&ctx.metrics, Some(&s)),
+            None if self.last > 0 => self.reset(&ctx.metrics, None),
             _ => self.catching_up = false,
         }
         Ok(())
     }
 
-    /// After a re-sync: is the event delivered last still the one the
-    /// store holds under its seq? Redis may have lost acknowledged writes
-    /// (a restart without persistence, a failover) and given the same seqs
-    /// to new events; then the client gets a reset instead of silently
-    /// continuing in the new numbering. True if a reset was queued.
-    async fn verify(&mut self) -> Result<bool, StoreError> {
-        let one = PageLimit::new(1, self.page.bytes);
-        let at = match self.store.history(&self.task, self.last - 1, one).await {
+    /// Is the event delivered last (or the resume point) still the one
+    /// the store holds under its seq? Redis may have lost acknowledged
+    /// writes (a restart without persistence, a failover) and given the
+    /// same seqs to new events; then the client gets a reset instead of
+    /// silently continuing in the new numbering. True if a reset was
+    /// queued.
+    async fn verify(&mut self, ctx: &Subscriptions) -> Result<bool, StoreError> {
+        let Some(tag) = self.last_tag else {
+            return Ok(false);
+        };
+        if self.last == 0 {
+            return Ok(false);
+        }
+        let one = PageLimit::new(1, ctx.page.bytes);
+        let at = match ctx.store.history(&self.task, self.last - 1, one).await {
             Ok(at) => at,
             // Unreadable: the page read that follows answers with a reset.
             Err(StoreError::Corrupt { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let Some(ev) = at.events.first().filter(|e| e.seq == self.last) else {
-            // Not retained (or not there any more): the page read and the
-            // snapshot comparison that follow decide.
-            return Ok(false);
+        let same = match at.events.first().filter(|e| e.seq == self.last) {
+            Some(ev) => ev.tag == Some(tag),
+            None => {
+                // Not retained (trimmed, or lost): the task's epoch decides.
+                let snap = ctx.store.snapshot(&self.task).await?;
+                match snap {
+                    Some(s) => s.position().tag.is_none_or(|t| t.epoch() == tag.epoch()),
+                    // The page read and the snapshot comparison that follow
+                    // decide.
+                    None => true,
+                }
+            }
         };
-        if ev.digest == self.last_digest {
+        if same {
             return Ok(false);
         }
         tracing::warn!(task = %self.task, seq = self.last, "the store no longer holds the events this client saw (lost writes); sending a reset");
-        let snap = self.store.snapshot(&self.task).await?;
-        self.reset(snap.as_ref());
+        let snap = ctx.store.snapshot(&self.task).await?;
+        self.reset(&ctx.metrics, snap.as_ref());
         Ok(true)
     }
 
     /// Reads the page after `last` and queues it; false if it was empty.
     /// A page that does not start right after `last` (or cannot be read
     /// back) means the events are no longer retained: that is a reset.
-    async fn take_page(&mut self) -> Result<bool, StoreError> {
-        let page = match self.store.history(&self.task, self.last, self.page).await {
+    async fn take_page(&mut self, ctx: &Subscriptions) -> Result<bool, StoreError> {
+        let page = match ctx.store.history(&self.task, self.last, ctx.page).await {
             Ok(page) => page,
             Err(StoreError::Corrupt { task, what }) => {
                 // The next event cannot be read back: as good as not
                 // retained. Tell the client with a reset instead of failing
                 // the connection (it would fail again on every reconnect).
                 tracing::warn!(task = %task, cause = %what, "unreadable history; sending a reset");
-                let snap = self.store.snapshot(&self.task).await?;
-                self.reset(snap.as_ref());
+                let snap = ctx.store.snapshot(&self.task).await?;
+                self.reset(&ctx.metrics, snap.as_ref());
                 return Ok(true);
             }
             Err(e) => return Err(e),
@@ -339,8 +709,8 @@ impl Subscription {
             }
             Some(_) => {
                 // The events right after `last` are no longer retained.
-                let snap = self.store.snapshot(&self.task).await?;
-                self.reset(snap.as_ref());
+                let snap = ctx.store.snapshot(&self.task).await?;
+                self.reset(&ctx.metrics, snap.as_ref());
             }
             None => return Ok(false),
         }
@@ -427,24 +797,34 @@ mod tests {
         }
     }
 
-    /// Opens a subscription on a fresh hub; the task must not be finished.
+    /// Opens a one-task connection on a fresh hub; the task must not be
+    /// finished.
     async fn open(
         store: Arc<dyn Store>,
         task: &TaskId,
         start: Start,
         page: usize,
-    ) -> (Subscription, Arc<Hub>, Arc<Metrics>) {
+    ) -> (Mux, Arc<Hub>, Arc<Metrics>) {
+        open_limited(store, task, start, PageLimit::events(page)).await
+    }
+
+    async fn open_limited(
+        store: Arc<dyn Store>,
+        task: &TaskId,
+        start: Start,
+        page: PageLimit,
+    ) -> (Mux, Arc<Hub>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(16, metrics.clone());
-        let opening =
-            Subscriptions::new(hub.clone(), store, metrics.clone(), PageLimit::events(page))
-                .open(task.clone(), start)
-                .await
-                .expect("open");
-        let Opening::Stream(sub) = opening else {
-            panic!("task is open");
-        };
-        (sub, hub, metrics)
+        let mut mux =
+            Subscriptions::new(hub.clone(), store, metrics.clone(), page).mux(Mode::All, true);
+        let opened = mux.open(task.clone(), start).await.expect("open");
+        assert_eq!(opened, Opened::Streaming, "task is open");
+        (mux, hub, metrics)
+    }
+
+    async fn next(mux: &mut Mux) -> Arc<Event> {
+        mux.next().await.expect("next").expect("an event").ev
     }
 
     #[tokio::test]
@@ -464,9 +844,9 @@ mod tests {
                 .await
                 .expect("publish");
         }
-        let (mut sub, hub, metrics) = open(store.clone(), &task, Start::After(0), 100).await;
+        let (mut sub, hub, metrics) = open(store.clone(), &task, Start::after(0), 100).await;
         for want in 1..=5 {
-            let ev = sub.next().await.expect("next").expect("an event");
+            let ev = next(&mut sub).await;
             assert_eq!(ev.seq, want);
         }
         // Redis comes back without those writes; new events take seqs 1..7.
@@ -485,7 +865,7 @@ mod tests {
         store.swap(renumbered);
         // The node notices (feed went back, reconnect) and re-syncs.
         hub.resync();
-        let ev = sub.next().await.expect("next").expect("an event");
+        let ev = next(&mut sub).await;
         assert!(
             ev.is_reset,
             "seq {} delivered from the new numbering without a reset",
@@ -513,13 +893,13 @@ mod tests {
                 .expect("publish");
         }
         let (mut sub, hub, metrics) = open(store.clone(), &task, Start::Latest, 100).await;
-        assert_eq!(sub.next().await.expect("next").expect("snapshot").seq, 3);
+        assert_eq!(next(&mut sub).await.seq, 3);
         hub.resync();
         store
             .publish(&task, "progress", &json!({ "nested": { "b": 2 } }), &opts)
             .await
             .expect("publish");
-        let ev = sub.next().await.expect("next").expect("an event");
+        let ev = next(&mut sub).await;
         assert!(!ev.is_reset);
         assert_eq!(ev.seq, 4);
         // And after a live/history event the fingerprints agree too.
@@ -528,7 +908,7 @@ mod tests {
             .publish(&task, "progress", &json!({ "nested": { "b": 3 } }), &opts)
             .await
             .expect("publish");
-        let ev = sub.next().await.expect("next").expect("an event");
+        let ev = next(&mut sub).await;
         assert!(!ev.is_reset);
         assert_eq!(ev.seq, 5);
         assert_eq!(metrics.resets.get(), 0);
@@ -546,22 +926,14 @@ mod tests {
                 .await
                 .expect("publish");
         }
-        let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(16, metrics.clone());
         // Pages of 1 000 events but 7 000 bytes: three events each.
         let limit = PageLimit::new(1000, 7000);
-        let opening = Subscriptions::new(hub.clone(), store.clone(), metrics.clone(), limit)
-            .open(task.clone(), Start::After(0))
-            .await
-            .expect("open");
-        let Opening::Stream(mut sub) = opening else {
-            panic!("task is open");
-        };
+        let (mut sub, _hub, metrics) = open_limited(store.clone(), &task, Start::after(0), limit).await;
         let mut seqs = Vec::new();
         for _ in 0..9 {
-            let ev = sub.next().await.expect("next").expect("an event");
+            let ev = next(&mut sub).await;
             assert!(!ev.is_reset);
-            assert!(sub.pending.len() < 3, "a page held more than its bytes");
+            assert!(sub.subs[0].pending.len() < 3, "a page held more than its bytes");
             seqs.push(ev.seq);
         }
         assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
@@ -580,11 +952,11 @@ mod tests {
                 .expect("publish");
         }
         // Pages of 2: [1,2], [3,4], then an empty page and the caught-up check.
-        let (mut sub, _hub, metrics) = open(store.clone(), &task, Start::After(0), 2).await;
+        let (mut sub, _hub, metrics) = open(store.clone(), &task, Start::after(0), 2).await;
         store.race.store(true, Ordering::Release);
         let mut seqs = Vec::new();
         for _ in 0..5 {
-            let ev = sub.next().await.expect("next").expect("an event");
+            let ev = next(&mut sub).await;
             assert!(!ev.is_reset, "spurious reset after {seqs:?}");
             seqs.push(ev.seq);
         }

@@ -50,6 +50,7 @@ mod tests {
             data: serde_json::json!({"a":[1,2.5,"x",null,true],"b":{}}),
             ts: 42,
             is_final: true,
+            epoch: 0,
         };
         let bytes = encode_event(&ev).expect("encode");
         assert_eq!(decode_event(&bytes).expect("decode"), ev);

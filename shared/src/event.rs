@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::position::Position;
+
 pub use crate::task::validate_event_type as validate_type;
 
 /// Per-task sequence number: 1, 2, 3 ... with no gaps. `0` means "before the
@@ -31,6 +33,11 @@ pub struct StoredEvent {
     pub ts: i64,
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// The task's epoch: drawn by the publish function when it creates the
+    /// task's meta (0 for events stored before epochs existed). A task
+    /// recreated after Redis lost its data has another one.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// The JSON envelope every client receives.
@@ -45,6 +52,10 @@ pub struct Envelope {
     pub ts: String,
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// The verified position of this event (`<seq>.<tag>`,
+    /// [`crate::position`]): what a client resumes from.
+    #[serde(default)]
+    pub pos: String,
 }
 
 #[derive(Serialize)]
@@ -57,6 +68,7 @@ struct EnvelopeRef<'a> {
     ts: String,
     #[serde(rename = "final")]
     is_final: bool,
+    pos: String,
 }
 
 /// Formats a millisecond Unix timestamp as RFC 3339 UTC with milliseconds.
@@ -77,7 +89,13 @@ impl StoredEvent {
             data: self.data.clone(),
             ts: format_ts(self.ts),
             is_final: self.is_final,
+            pos: self.position().to_string(),
         }
+    }
+
+    /// The verified position of this event.
+    pub fn position(&self) -> Position {
+        Position::of(self)
     }
 
     /// The envelope as compact JSON bytes (done once per event per node).
@@ -89,6 +107,7 @@ impl StoredEvent {
             data: &self.data,
             ts: format_ts(self.ts),
             is_final: self.is_final,
+            pos: self.position().to_string(),
         };
         // Serializing a struct of strings, numbers and a `Value` to a Vec
         // cannot fail (no map with non-string keys is possible).
@@ -123,6 +142,14 @@ pub struct Snapshot {
     pub latest: Envelope,
 }
 
+impl Snapshot {
+    /// The verified position of the latest event (a bare seq if the
+    /// envelope carries none).
+    pub fn position(&self) -> Position {
+        Position::parse(&self.latest.pos).unwrap_or(Position::bare(self.seq))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,18 +162,22 @@ mod tests {
             data: serde_json::json!({"pct": 40}),
             ts: 1_795_410_000_123,
             is_final: false,
+            epoch: 0,
         }
     }
 
     #[test]
     fn envelope_json_matches_the_spec_shape() {
-        let v: Value = serde_json::from_slice(&ev().envelope_json()).expect("json");
+        let mut v: Value = serde_json::from_slice(&ev().envelope_json()).expect("json");
+        let env: Envelope = serde_json::from_value(v.clone()).expect("envelope");
+        assert_eq!(env, ev().envelope());
+        let pos = v.as_object_mut().and_then(|o| o.remove("pos")).expect("pos");
+        assert_eq!(pos.as_str(), Some(ev().position().to_string().as_str()));
+        assert!(pos.as_str().is_some_and(|p| p.starts_with("17.")), "{pos}");
         assert_eq!(
             v,
             serde_json::json!({"task":"job-42","seq":17,"type":"progress","data":{"pct":40},
                 "ts":"2026-11-23T05:00:00.123Z","final":false})
         );
-        let env: Envelope = serde_json::from_value(v).expect("envelope");
-        assert_eq!(env, ev().envelope());
     }
 }

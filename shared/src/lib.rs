@@ -6,9 +6,11 @@
 pub mod codec;
 pub mod event;
 pub mod keys;
+pub mod position;
 pub mod task;
 pub mod token;
 
 pub use event::{Envelope, Seq, StoredEvent};
+pub use position::{Cursor, Position, Tag};
 pub use keys::{shard_of, TaskKeys, DEFAULT_SHARDS};
 pub use task::{TaskId, TaskIdError};

@@ -17,6 +17,7 @@ fn event(payload: usize) -> StoredEvent {
         data: serde_json::json!({"pct": 40, "msg": "x".repeat(payload)}),
         ts: 1_795_410_000_123,
         is_final: false,
+        epoch: 0,
     }
 }
 

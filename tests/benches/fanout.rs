@@ -24,6 +24,7 @@ fn event(seq: u64) -> StoredEvent {
         data: serde_json::json!({"pct": 40, "msg": "hello"}),
         ts: 1_795_410_000_123,
         is_final: false,
+        epoch: 0,
     }
 }
 

@@ -104,8 +104,13 @@ pub struct SseFrame {
 }
 
 impl SseFrame {
+    /// The seq of a one-task frame's id (a position, `17.AbCd3f`, or a
+    /// bare seq).
     pub fn seq(&self) -> Option<u64> {
-        self.id.as_deref().and_then(|s| s.parse().ok())
+        self.id
+            .as_deref()
+            .and_then(|s| sluice_shared::Position::parse(s).ok())
+            .map(|p| p.seq)
     }
 
     pub fn json(&self) -> serde_json::Value {

@@ -33,6 +33,8 @@ pub fn router(state: AppState, body: body::BodyDeadline, operator: bool) -> Rout
             get(sse::subscribe).post(publish::publish),
         )
         .route("/v1/tasks/{task}/ws", get(ws::subscribe))
+        .route("/v1/events", get(sse::subscribe_many))
+        .route("/v1/ws", get(ws::subscribe_many))
         .route("/v1/tasks/{task}", get(tasks::snapshot))
         .route("/v1/tasks/{task}/history", get(tasks::history))
         .merge(health_routes());

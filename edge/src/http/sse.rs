@@ -1,4 +1,12 @@
-//! `GET /v1/tasks/{task}/events`: Server-Sent Events.
+//! `GET /v1/tasks/{task}/events` and `GET /v1/events?task=a&task=b`:
+//! Server-Sent Events, of one task or many on one stream.
+//!
+//! One task: each frame's `id:` is the event's position (`17.AbCd3f`).
+//! Many tasks: each frame's `id:` is the stream's cursor, every task's
+//! position ([`sluice_shared::position::Cursor`]), so a browser that
+//! reconnects by itself (same URL, its own `Last-Event-ID`) resumes every
+//! task exactly. The stream ends when all its tasks have ended; a
+//! reconnect then gets 204.
 //!
 //! The response body is the session ([`Session`] with [`SseFrames`]): it
 //! owns everything the connection holds (the admission guard, the hub
@@ -27,14 +35,15 @@ use futures_util::Stream;
 use rand::Rng;
 use sluice_shared::TaskId;
 
+use sluice_shared::position::{Cursor, Position};
+
 use super::admission::{admit, DRAIN_RETRY_MS, RETRY_MS};
-use super::extract::Subscribe;
+use super::extract::{Subscribe, SubscribeMany};
 use crate::error::ApiError;
 use crate::metrics::Transport;
 use crate::server::io::Peer;
-use crate::session::{Conn, End, Framing, Session, Sessions};
-use crate::subscription::{Opening, Start};
-use crate::wire::Event;
+use crate::session::{Conn, End, Framing, Heard, Session, Sessions};
+use crate::subscription::{Delivery, Mode, Opened, Start};
 
 /// The header that marks a [`refusal`] stream, naming its reason, for
 /// clients other than browsers (which cannot see it).
@@ -53,6 +62,28 @@ pub async fn subscribe(
     }
 }
 
+/// `GET /v1/events?task=a&task=b[&mode=latest&interval=1s]`.
+pub async fn subscribe_many(
+    State(sessions): State<Arc<Sessions>>,
+    peer: Option<Extension<Arc<Peer>>>,
+    headers: HeaderMap,
+    request: Result<SubscribeMany, ApiError>,
+) -> Response {
+    let peer = peer.map(|Extension(p)| p);
+    let result = match request {
+        Ok(SubscribeMany {
+            tasks,
+            starts,
+            mode,
+        }) => open_many(&sessions, tasks, starts, mode, peer).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(resp) => resp,
+        Err(e) => refusal(e, &headers),
+    }
+}
+
 async fn open(
     sessions: &Arc<Sessions>,
     task: TaskId,
@@ -60,12 +91,42 @@ async fn open(
     peer: Option<Arc<Peer>>,
 ) -> Result<Response, ApiError> {
     let guard = admit(sessions, Transport::Sse)?;
-    let sub = match sessions.subscriptions.open(task, start).await? {
-        Opening::Finished => return Ok(StatusCode::NO_CONTENT.into_response()),
-        Opening::Stream(sub) => sub,
+    let mut mux = sessions.subscriptions.mux(Mode::All, true);
+    if mux.open(task.clone(), start).await? == Opened::Finished {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let conn = Conn::new(&sessions.metrics, Transport::Sse, Some(&task), guard, peer);
+    let session = Session::new(sessions, conn, mux, SseFrames::start(None), None);
+    Ok(event_stream(body(session)))
+}
+
+/// Opens every task, in order (each registers, then reads its snapshot or
+/// checks its resume point): 204 if all have ended already.
+async fn open_many(
+    sessions: &Arc<Sessions>,
+    tasks: Vec<TaskId>,
+    starts: Vec<Start>,
+    mode: Mode,
+    peer: Option<Arc<Peer>>,
+) -> Result<Response, ApiError> {
+    let guard = admit(sessions, Transport::Sse)?;
+    let mut mux = sessions.subscriptions.mux(mode, true);
+    let mut finished = 0;
+    for (task, start) in tasks.iter().zip(starts) {
+        if mux.open(task.clone(), start).await? == Opened::Finished {
+            finished += 1;
+        }
+    }
+    if finished == tasks.len() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let cursor = CursorState {
+        set_hash: Cursor::set_hash(tasks.iter().map(TaskId::as_str)),
+        positions: mux.positions(),
+        text: String::new(),
     };
-    let conn = Conn::new(&sessions.metrics, Transport::Sse, sub.task(), guard, peer);
-    let session = Session::new(sessions, conn, sub, SseFrames::start());
+    let conn = Conn::new(&sessions.metrics, Transport::Sse, tasks.first(), guard, peer);
+    let session = Session::new(sessions, conn, mux, SseFrames::start(Some(cursor)), None);
     Ok(event_stream(body(session)))
 }
 
@@ -156,30 +217,58 @@ fn body(session: Session<SseFrames>) -> impl Stream<Item = Result<Bytes, Infalli
 /// speak, so only hyper dropping the body ends a session from its side.
 pub struct SseFrames {
     next: Option<Bytes>,
+    /// A stream of many tasks: the cursor its frames carry as `id:`.
+    cursor: Option<CursorState>,
+}
+
+/// Every task's position as of the frame being written (each frame's `id:`
+/// is the cursor after that frame).
+struct CursorState {
+    set_hash: u32,
+    positions: Vec<Option<Position>>,
+    text: String,
 }
 
 impl SseFrames {
     /// Starts with a jittered `retry:`, so reconnects spread.
-    fn start() -> Self {
+    fn start(cursor: Option<CursorState>) -> Self {
         let ms = rand::rng().random_range(RETRY_MS);
         SseFrames {
             next: Some(Bytes::from(format!("retry: {ms}\n\n"))),
+            cursor,
         }
     }
 }
 
 impl Framing for SseFrames {
-    async fn send(&mut self, events: &[Arc<Event>]) -> Result<(), End> {
-        self.next = Some(match events {
-            [one] => one.sse.clone(),
-            _ => {
-                let mut buf = Vec::with_capacity(events.iter().map(|e| e.sse.len()).sum());
-                for e in events {
-                    buf.extend_from_slice(&e.sse);
+    async fn send(&mut self, batch: &[Delivery]) -> Result<(), End> {
+        let Some(cursor) = &mut self.cursor else {
+            // One task: the frames as encoded once for every subscriber.
+            self.next = Some(match batch {
+                [one] => one.ev.sse.clone(),
+                _ => {
+                    let mut buf = Vec::with_capacity(batch.iter().map(|d| d.ev.sse.len()).sum());
+                    for d in batch {
+                        buf.extend_from_slice(&d.ev.sse);
+                    }
+                    Bytes::from(buf)
                 }
-                Bytes::from(buf)
+            });
+            return Ok(());
+        };
+        // Many tasks: each frame's id is the cursor after it.
+        let mut buf = Vec::new();
+        for d in batch {
+            if let Some(p) = cursor.positions.get_mut(d.index) {
+                *p = Some(d.ev.position());
             }
-        });
+            Cursor::encode_into(cursor.set_hash, &cursor.positions, &mut cursor.text);
+            buf.extend_from_slice(b"id: ");
+            buf.extend_from_slice(cursor.text.as_bytes());
+            buf.push(b'\n');
+            buf.extend_from_slice(d.ev.sse_body());
+        }
+        self.next = Some(Bytes::from(buf));
         Ok(())
     }
 
@@ -188,8 +277,12 @@ impl Framing for SseFrames {
         Ok(())
     }
 
-    async fn peer_end(&mut self) -> End {
+    async fn heard(&mut self) -> Heard {
         std::future::pending().await
+    }
+
+    async fn reply(&mut self, _: serde_json::Value) -> Result<(), End> {
+        Ok(())
     }
 
     async fn finish(&mut self, end: End) {

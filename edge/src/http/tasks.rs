@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use sluice_shared::Seq;
 
-use super::extract::{parse_seq, query_param, ReadTask};
+use super::extract::{parse_position, query_param, ReadTask};
 use crate::error::ApiError;
 use crate::store::{PageLimit, Store};
 
@@ -94,7 +94,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let after = match query_param(parts, "after") {
-            Some(v) => parse_seq("after", &v)?,
+            Some(v) => parse_position("after", &v)?.seq,
             None => 0,
         };
         let limit = match query_param(parts, "limit") {

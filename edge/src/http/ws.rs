@@ -1,7 +1,16 @@
-//! `GET /v1/tasks/{task}/ws`: WebSocket, one text frame per envelope.
+//! `GET /v1/tasks/{task}/ws` and `GET /v1/ws`: WebSocket, one text frame
+//! per envelope.
 //!
-//! Same subscription and session as SSE (resume with `?after=N` or
-//! `Last-Event-ID`, gap filling, catch-up, `sluice.reset`). The session runs
+//! Same subscriptions and session as SSE (resume with `?after=` or
+//! `Last-Event-ID`, gap filling, catch-up, `sluice.reset`). On `/v1/ws` the
+//! client chooses its tasks with messages, at any time:
+//! `{"op":"subscribe","task":"…","after":…}` (`after` optional: a seq or a
+//! position) and `{"op":"unsubscribe","task":"…"}`; each is answered with
+//! `{"op":"subscribed","task":"…","state":"streaming"|"finished"}`,
+//! `{"op":"unsubscribed","task":"…"}` or
+//! `{"op":"error","task":"…","error":"<code>","message":"…"}` (a refused
+//! task leaves the others alone). Envelopes carry `task`, `seq` and `pos`,
+//! the position to subscribe again from. The session runs
 //! on the node's tasks and owns everything the connection holds; it ends
 //! when the client leaves (a client's close frame is echoed, its code
 //! included: RFC 6455 §5.5.1), a write stalls, pongs stop, the task ends (close
@@ -24,16 +33,15 @@ use sluice_shared::TaskId;
 use tokio::time::Instant;
 
 use super::admission::admit;
-use super::extract::Subscribe;
+use super::extract::{Caller, StreamMode, Subscribe};
 use crate::error::ApiError;
 use crate::limits::ConnGuard;
 use crate::metrics::Transport;
 use crate::server::io::Peer;
-use crate::session::{Conn, End, Framing, Session, Sessions};
-use crate::subscription::{Opening, Start};
-use crate::wire::Event;
+use crate::session::{Conn, Control, End, Framing, Heard, Session, Sessions};
+use crate::subscription::{Delivery, Mode, Opened, Start};
 
-/// Largest message a client may send (clients send nothing meaningful).
+/// Largest message a client may send (a subscribe request).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
 /// Close codes.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -72,7 +80,47 @@ pub async fn subscribe(
         .into_response())
 }
 
-/// One WebSocket session, from opening the subscription to the close frame.
+/// `GET /v1/ws[?mode=latest&interval=1s]`: a WebSocket whose tasks the
+/// client subscribes to and unsubscribes from with messages. The token
+/// (if the node checks them) is read at the upgrade: without a valid one
+/// the upgrade is refused (401); each subscription is then checked
+/// against its `tasks` claim.
+pub async fn subscribe_many(
+    State(sessions): State<Arc<Sessions>>,
+    peer: Option<Extension<Arc<Peer>>>,
+    StreamMode(mode): StreamMode,
+    caller: Caller,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade
+        .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
+    caller.check_token()?;
+    let guard = admit(&sessions, Transport::Ws)?;
+    let peer = peer.map(|Extension(p)| p);
+    let upgrade = upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .write_buffer_size(0);
+    let control = Control {
+        authorize: caller.into_authorize(),
+        max_tasks: sessions.max_tasks,
+    };
+    Ok(upgrade
+        .on_upgrade(move |socket| {
+            let tasks = sessions.tasks.clone();
+            async move {
+                let conn = Conn::new(&sessions.metrics, Transport::Ws, None, guard, peer);
+                let frames = WsFrames::new(socket, sessions.heartbeat);
+                let mux = sessions.subscriptions.mux(mode, false);
+                let session = Session::new(&sessions, conn, mux, frames, Some(control));
+                tasks.track(session.run()).await;
+            }
+        })
+        .into_response())
+}
+
+/// One WebSocket session of one task, from opening the subscription to the
+/// close frame.
 async fn serve(
     sessions: Arc<Sessions>,
     socket: WebSocket,
@@ -81,13 +129,14 @@ async fn serve(
     guard: ConnGuard,
     peer: Option<Arc<Peer>>,
 ) {
-    let mut conn = Conn::new(&sessions.metrics, Transport::Ws, &task, guard, peer);
+    let mut conn = Conn::new(&sessions.metrics, Transport::Ws, Some(&task), guard, peer);
     let mut frames = WsFrames::new(socket, sessions.heartbeat);
-    let end = match sessions.subscriptions.open(task, start).await {
-        Ok(Opening::Stream(sub)) => {
-            return Session::new(&sessions, conn, sub, frames).run().await;
+    let mut mux = sessions.subscriptions.mux(Mode::All, true);
+    let end = match mux.open(task, start).await {
+        Ok(Opened::Streaming) => {
+            return Session::new(&sessions, conn, mux, frames, None).run().await;
         }
-        Ok(Opening::Finished) => End::Finished,
+        Ok(Opened::Finished) => End::Finished,
         Err(e) => {
             tracing::warn!(cause = %e, "cannot open subscription");
             End::BackendUnavailable
@@ -126,9 +175,9 @@ impl WsFrames {
 }
 
 impl Framing for WsFrames {
-    async fn send(&mut self, events: &[Arc<Event>]) -> Result<(), End> {
-        for ev in events {
-            let Ok(text) = Utf8Bytes::try_from(ev.json.clone()) else {
+    async fn send(&mut self, batch: &[Delivery]) -> Result<(), End> {
+        for d in batch {
+            let Ok(text) = Utf8Bytes::try_from(d.ev.json.clone()) else {
                 continue;
             };
             if self.tx.feed(Message::Text(text)).await.is_err() {
@@ -153,25 +202,34 @@ impl Framing for WsFrames {
 
     /// Cancel-safe: `rx.next()` is, and the pong state only changes after
     /// it returned.
-    async fn peer_end(&mut self) -> End {
+    async fn heard(&mut self) -> Heard {
         loop {
             match self.rx.next().await {
                 Some(Ok(Message::Pong(_))) => {
                     self.last_pong = Instant::now();
                     self.awaiting_pong = false;
                 }
-                Some(Ok(Message::Close(_))) | None => return End::PeerClosed,
-                Some(Ok(_)) => {} // clients send nothing meaningful
+                Some(Ok(Message::Close(_))) | None => return Heard::End(End::PeerClosed),
+                Some(Ok(Message::Text(text))) => return request(text.as_str()),
+                Some(Ok(_)) => {} // pings are answered by tungstenite
                 Some(Err(e)) => {
                     tracing::debug!(cause = %e, "websocket read failed");
-                    return if is_too_big(&e) {
+                    return Heard::End(if is_too_big(&e) {
                         End::TooBig
                     } else {
                         End::ProtocolError
-                    };
+                    });
                 }
             }
         }
+    }
+
+    async fn reply(&mut self, message: serde_json::Value) -> Result<(), End> {
+        let text = Utf8Bytes::from(message.to_string());
+        self.tx
+            .send(Message::Text(text))
+            .await
+            .map_err(|_| End::WriteFailed)
     }
 
     async fn finish(&mut self, end: End) {
@@ -190,6 +248,41 @@ impl Framing for WsFrames {
             reason: Utf8Bytes::from_static(reason),
         }));
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tx.send(frame)).await;
+    }
+}
+
+/// A client's text message: a subscribe or unsubscribe request, or not.
+fn request(text: &str) -> Heard {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        op: String,
+        task: String,
+        #[serde(default)]
+        after: Option<serde_json::Value>,
+    }
+    let req: Request = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            return Heard::Invalid(format!(
+                "expected {{\"op\":\"subscribe\"|\"unsubscribe\",\"task\":\"…\",\"after\":…}}: {e}"
+            ))
+        }
+    };
+    let after = match req.after {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(_) => return Heard::Invalid("after must be a seq or a position".into()),
+    };
+    match (req.op.as_str(), after) {
+        ("subscribe", after) => Heard::Subscribe {
+            task: req.task,
+            after,
+        },
+        ("unsubscribe", None) => Heard::Unsubscribe { task: req.task },
+        ("unsubscribe", Some(_)) => Heard::Invalid("unsubscribe takes no after".into()),
+        (op, _) => Heard::Invalid(format!("unknown op {op:?}: subscribe or unsubscribe")),
     }
 }
 

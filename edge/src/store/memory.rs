@@ -19,6 +19,8 @@ use super::{FeedSink, HistoryPage, PageBuilder, PageLimit, Store, StoreError};
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 struct MemTask {
+    /// Drawn when the task is created, as the function does.
+    epoch: u64,
     seq: Seq,
     closed: bool,
     log: VecDeque<Logged>,
@@ -103,6 +105,9 @@ enum Appended {
 impl MemTask {
     fn new() -> Self {
         MemTask {
+            // Like the function: the clock in microseconds when the task
+            // is created.
+            epoch: u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(1),
             seq: 0,
             closed: false,
             log: VecDeque::new(),
@@ -140,6 +145,7 @@ impl MemTask {
             data: data.clone(),
             ts,
             is_final: opts.is_final,
+            epoch: self.epoch,
         };
         self.log.push_back(Logged {
             ev: ev.clone(),

@@ -99,7 +99,7 @@ proptest! {
     /// an event of another task.
     #[test]
     fn mutated_events_never_panic(data in json_value(), seq in 1u64.., cut in 0usize..200, flip in any::<(usize, u8)>()) {
-        let ev = StoredEvent { task: "job-1".into(), seq, kind: "progress".into(), data, ts: 1, is_final: false };
+        let ev = StoredEvent { task: "job-1".into(), seq, kind: "progress".into(), data, ts: 1, is_final: false, epoch: 0 };
         let mut bytes = codec::encode_event(&ev).expect("encode");
         prop_assert_eq!(codec::decode_event(&bytes).expect("round trip"), ev.clone());
         let i = flip.0 % bytes.len();
@@ -114,7 +114,7 @@ proptest! {
     /// or as undecodable; never returned.
     #[test]
     fn events_of_another_task_are_refused(data in json_value(), seq in 1u64.., at in 0usize..5, x in 1u8..) {
-        let ev = StoredEvent { task: "job-1".into(), seq, kind: "progress".into(), data, ts: 1, is_final: false };
+        let ev = StoredEvent { task: "job-1".into(), seq, kind: "progress".into(), data, ts: 1, is_final: false, epoch: 0 };
         let mut bytes = codec::encode_event(&ev).expect("encode");
         let pos = bytes.windows(5).position(|w| w == b"job-1").expect("task name in the encoding");
         bytes[pos + at] ^= x;

@@ -142,6 +142,7 @@ async fn clients_that_never_read_hold_at_most_the_readme_bound() {
         data: json!({"i": EVENTS, "blob": blob}),
         ts: 1_800_000_000_000,
         is_final: true,
+        epoch: 0,
     };
     let bound = Bound {
         event: Event::from_history(&largest).sse.len(),

@@ -100,6 +100,7 @@ impl EventSize {
             data,
             ts: 1_800_000_000_000,
             is_final: true,
+            epoch: 0,
         };
         let encoded = Event::from_history(&ev);
         assert_eq!(encoded.json.len(), ev.envelope_json().len());
