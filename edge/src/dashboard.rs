@@ -7,8 +7,10 @@
 //!   rates and lag, and every shard feed's length and groups, as
 //!   `sluice status --json` shows them; `null` on the memory store;
 //! - `demo` (`--demo`): the latest snapshot of each demo task's current round;
-//! - `watched`: the latest snapshot of each task the viewer asked for, which
-//!   the page draws as progress bars from `data.pct`.
+//! - `watched`: the latest event of each task the viewer asked for, which
+//!   the page draws as progress bars from `data.pct`. They are followed like
+//!   any client's tasks: one connection's subscriptions ([`Mux`]) in latest
+//!   mode, the newest event of each task twice a second.
 //!
 //! The stream ends when the node starts draining (the browser's EventSource
 //! then reconnects, through the load balancer, to another node), so it never
@@ -29,6 +31,12 @@ use tokio::time::{Instant, Interval};
 use crate::cluster::Watcher;
 use crate::demo::DEMO_TASKS;
 use crate::status::{Counters, NodeStatus};
+use crate::store::PageLimit;
+use crate::subscription::{Mode, Mux, Start, Subscriptions, DEFAULT_HISTORY_PAGE};
+use crate::wire::Event;
+
+/// How often a watched task's bar may move.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// Time between two stats frames.
 pub const FRAME_EVERY: Duration = Duration::from_secs(1);
@@ -58,7 +66,7 @@ pub struct Frame<'a> {
     pub top_tasks: Vec<TopTask>,
     pub cluster: Option<&'a ClusterStatus>,
     pub demo: Option<Vec<TaskProgress>>,
-    pub watched: Vec<TaskProgress>,
+    pub watched: &'a [TaskProgress],
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +99,27 @@ pub struct TaskProgress {
 }
 
 impl TaskProgress {
+    /// The bar of a task from the event delivered last for it (an
+    /// envelope, or a reset whose data is the snapshot).
+    fn from_event(task: String, ev: &Event) -> Self {
+        let env: serde_json::Value = serde_json::from_slice(&ev.json).unwrap_or_default();
+        if ev.is_reset {
+            let snap: Option<Snapshot> = serde_json::from_value(env["data"].clone()).ok();
+            return TaskProgress::of(task, snap.as_ref());
+        }
+        TaskProgress {
+            task,
+            seq: ev.seq,
+            event: env["type"].as_str().map(str::to_owned),
+            pct: env["data"].get("pct").and_then(|p| p.as_f64()),
+            state: if ev.is_final {
+                TaskState::Closed.as_str()
+            } else {
+                TaskState::Open.as_str()
+            },
+        }
+    }
+
     fn of(task: String, snap: Option<&Snapshot>) -> Self {
         match snap {
             Some(s) => TaskProgress {
@@ -116,7 +145,11 @@ struct StatsSession {
     tick: Interval,
     before: Counters,
     demo: Option<DemoRounds>,
-    watched: Vec<TaskId>,
+    /// The watched tasks not yet opened (opened with the first frame).
+    to_open: Vec<TaskId>,
+    /// The watched tasks' subscriptions, and each one's bar.
+    mux: Mux,
+    bars: Vec<TaskProgress>,
     started: bool,
     _watcher: Watcher,
 }
@@ -127,14 +160,57 @@ impl StatsSession {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let before = status.counters();
         let demo = status.demo.then(DemoRounds::default);
+        let mux = Subscriptions::new(
+            status.hub.clone(),
+            status.store.clone(),
+            status.metrics.clone(),
+            PageLimit::events(DEFAULT_HISTORY_PAGE),
+        )
+        .mux(Mode::Latest(WATCH_EVERY), false);
         StatsSession {
             status,
             tick,
             before,
             demo,
-            watched,
+            to_open: watched,
+            mux,
+            bars: Vec::new(),
             started: false,
             _watcher: watcher,
+        }
+    }
+
+    /// Opens the watched tasks (a store that cannot be read now leaves a
+    /// task out of this viewer's bars).
+    async fn open_watched(&mut self) {
+        for task in std::mem::take(&mut self.to_open) {
+            match self.mux.open(task.clone(), Start::Latest).await {
+                Ok(_) => self.bars.push(TaskProgress::of(task.to_string(), None)),
+                Err(e) => tracing::debug!(task = %task, cause = %e, "dashboard cannot follow task"),
+            }
+        }
+    }
+
+    /// Waits for the next frame's moment, moving the bars meanwhile.
+    async fn until_tick(&mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.tick.tick() => return,
+                next = self.mux.next() => match next {
+                    Ok(Some(d)) => {
+                        if let Some(bar) = self.bars.get_mut(d.index) {
+                            *bar = TaskProgress::from_event(std::mem::take(&mut bar.task), &d.ev);
+                        }
+                    }
+                    // The viewer's mux never ends by itself; a store error
+                    // leaves the bars as they are until the next frame.
+                    Ok(None) | Err(_) => {
+                        self.tick.tick().await;
+                        return;
+                    }
+                },
+            }
         }
     }
 
@@ -155,7 +231,10 @@ impl StatsSession {
     }
 
     async fn next_frame(&mut self) -> Bytes {
-        self.tick.tick().await;
+        if !self.to_open.is_empty() {
+            self.open_watched().await;
+        }
+        self.until_tick().await;
         let state = &*self.status;
         let now = state.counters();
         let info = state.report(&now, &self.before);
@@ -169,11 +248,7 @@ impl StatsSession {
             Some(d) => Some(d.frame(state).await),
             None => None,
         };
-        let mut watched = Vec::with_capacity(self.watched.len());
-        for task in &self.watched {
-            let snap = snapshot(state, task).await;
-            watched.push(TaskProgress::of(task.to_string(), snap.as_ref()));
-        }
+        let watched = &self.bars;
         let cluster = state.cluster.latest();
         let frame = Frame {
             at_ms: info.last_seen_ms,

@@ -38,7 +38,7 @@ fn codec_benches(c: &mut Criterion) {
         });
         let json = ev.envelope_json();
         g.bench_function("sse_frame", |b| {
-            b.iter(|| sse_frame(black_box(17), "progress", black_box(&json)))
+            b.iter(|| sse_frame(black_box(ev.position()), "progress", black_box(&json)))
         });
         g.bench_function("Event::from_stored", |b| {
             b.iter(|| Event::from_stored(black_box(&ev)))

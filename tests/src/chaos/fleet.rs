@@ -59,6 +59,10 @@ pub struct ClientResult {
     pub refused: u32,
     /// Saw the end: the final event, a 204 or a close 1000.
     pub finished: bool,
+    /// The position of the last event logged (the SSE `id:`, the
+    /// envelope's `pos`): what the client resumes from, verified by the
+    /// edge.
+    pub pos: Option<String>,
 }
 
 /// Counters shared by every client of a fleet.
@@ -215,6 +219,7 @@ impl Client {
             connects: 0,
             refused: 0,
             finished: false,
+            pos: None,
         };
         let mut backoff = BACKOFF_MIN;
         while Instant::now() < self.end {
@@ -260,12 +265,12 @@ impl Client {
 
     async fn sse(&mut self, r: &mut ClientResult) -> Outcome {
         let url = format!("http://{}/v1/tasks/{}/events", self.addr(), self.task);
-        let resume = r.log.last().unwrap_or(0);
+        let resume = r.resume_point();
         let req = self
             .http
             .get(&url)
             .header("accept", "text/event-stream")
-            .header("last-event-id", resume.to_string());
+            .header("last-event-id", resume);
         let resp = match tokio::time::timeout(self.spec.idle_timeout, req.send()).await {
             Ok(Ok(resp)) => resp,
             _ => return Outcome::Refused,
@@ -297,6 +302,7 @@ impl Client {
             }
             while let Some(f) = sse.frames.pop_front() {
                 self.counters.received.fetch_add(1, Ordering::Relaxed);
+                r.pos = Some(f.pos);
                 if f.reset {
                     r.log.marked_reset(f.seq, f.mark);
                 } else {
@@ -310,7 +316,7 @@ impl Client {
     }
 
     async fn ws(&mut self, r: &mut ClientResult) -> Outcome {
-        let resume = r.log.last().unwrap_or(0);
+        let resume = r.resume_point();
         let url = format!(
             "ws://{}/v1/tasks/{}/ws?after={resume}",
             self.addr(),
@@ -341,6 +347,7 @@ impl Client {
                     };
                     let seq = v["seq"].as_u64().unwrap_or(0);
                     self.counters.received.fetch_add(1, Ordering::Relaxed);
+                    r.pos = v["pos"].as_str().map(str::to_owned);
                     if v["type"] == "sluice.reset" {
                         // The data is the snapshot; its latest event holds
                         // the mark.
@@ -372,6 +379,8 @@ impl Client {
 #[derive(Debug, PartialEq, Eq)]
 struct Frame {
     seq: u64,
+    /// The frame's `id:` as sent (a position).
+    pos: String,
     reset: bool,
     is_final: bool,
     /// The producer's mark (`data.mark` of the envelope; of the snapshot's
@@ -386,10 +395,21 @@ struct Frame {
 #[derive(Default)]
 struct FrameReader {
     lines: SseLines,
+    id: Option<String>,
     seq: Option<u64>,
     reset: bool,
     data: Option<serde_json::Value>,
     frames: std::collections::VecDeque<Frame>,
+}
+
+impl ClientResult {
+    /// Where to resume: the last position, verified by the edge (a bare
+    /// seq only before the first event: `0`, from the start).
+    fn resume_point(&self) -> String {
+        self.pos
+            .clone()
+            .unwrap_or_else(|| self.log.last().unwrap_or(0).to_string())
+    }
 }
 
 impl FrameReader {
@@ -397,6 +417,7 @@ impl FrameReader {
     fn feed(&mut self, bytes: &[u8]) -> bool {
         let Self {
             lines,
+            id,
             seq,
             reset,
             data,
@@ -415,6 +436,7 @@ impl FrameReader {
                     };
                     frames.push_back(Frame {
                         seq,
+                        pos: id.take().unwrap_or_default(),
                         reset,
                         is_final,
                         mark,
@@ -424,7 +446,12 @@ impl FrameReader {
                 *data = None;
             }
             SseLine::Field(b"id", v) => {
-                *seq = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                // A position (`17.AbCd3f`) or a bare seq.
+                let raw = std::str::from_utf8(v).ok();
+                *seq = raw
+                    .and_then(|s| sluice_shared::Position::parse(s).ok())
+                    .map(|p| p.seq);
+                *id = raw.map(str::to_owned);
             }
             SseLine::Field(b"event", v) => *reset = v == b"sluice.reset",
             SseLine::Field(b"data", v) => *data = serde_json::from_slice(v).ok(),
@@ -469,6 +496,7 @@ mod tests {
     fn frame(seq: u64, reset: bool, is_final: bool, mark: Option<u64>) -> Option<Frame> {
         Some(Frame {
             seq,
+            pos: seq.to_string(),
             reset,
             is_final,
             mark,

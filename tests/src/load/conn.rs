@@ -291,7 +291,11 @@ impl SseParser {
                 *ts = None;
             }
             SseLine::Field(b"id", v) => {
-                *id = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                // A position (`17.AbCd3f`) or a bare seq.
+                *id = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| sluice_shared::Position::parse(s).ok())
+                    .map(|p| p.seq);
             }
             SseLine::Field(b"event", v) => {
                 *reset = v == sluice_shared::event::RESET_TYPE.as_bytes();

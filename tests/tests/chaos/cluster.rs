@@ -372,16 +372,18 @@ fn victim_tasks(cluster: &RedisCluster) -> VictimTasks {
 }
 
 /// A client of the lost-writes scenario: follows `base` (a task's SSE URL)
-/// from seq 1 to the final event, reconnecting from the last seq it got,
-/// and records what it saw by content. `got` shows its last seq to the
-/// scenario. Returns the task, what it saw and its reconnects.
+/// from seq 1 to the final event, reconnecting from the last position it
+/// got (the frame's `id:`, verified by the edge: a reconnect into another
+/// history must be a reset too), and records what it saw by content. `got`
+/// shows its last seq to the scenario. Returns the task, what it saw and
+/// its reconnects.
 async fn follow_by_content(
     base: String,
     t: String,
     got: Arc<AtomicU64>,
 ) -> (String, Vec<Seen>, u32) {
     let mut seen = Vec::new();
-    let mut last = 0u64;
+    let mut last = "0".to_owned();
     let mut reconnects = 0u32;
     loop {
         let mut c = SseClient::connect(&format!("{base}?after={last}"), None).await;
@@ -391,7 +393,11 @@ async fn follow_by_content(
         if c.status == 200 {
             while let Ok(Some(f)) = c.try_next_event(Duration::from_secs(30)).await {
                 let seq = f.seq().expect("id");
-                last = seq;
+                last = f.id.clone().expect("id");
+                assert!(
+                    last.contains('.'),
+                    "{t}: the id {last} is not a verified position"
+                );
                 got.store(seq, Ordering::SeqCst);
                 let env = f.json();
                 if f.event.as_deref() == Some("sluice.reset") {

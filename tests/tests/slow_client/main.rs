@@ -53,7 +53,7 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
             .expect("read");
         assert!(n > 0, "stream ended before seq {until}");
         buf.extend_from_slice(&chunk[..n]);
-        // "id: N" lines. The edge writes each batch of frames as one HTTP
+        // "id: <position>" lines. The edge writes each batch of frames as one HTTP
         // chunk, so chunk framing ("\r\n<hex>\r\n") always sits between
         // frames, never inside an id line.
         let mut scanned = 0;
@@ -61,11 +61,9 @@ async fn read_raw_ids(s: &mut TcpStream, until: u64, log: &mut DeliveryLog) {
             let line = &buf[scanned..scanned + pos];
             scanned += pos + 1;
             if let Some(rest) = line.strip_prefix(b"id: ") {
-                let seq: u64 = std::str::from_utf8(rest)
-                    .expect("ascii")
-                    .trim()
-                    .parse()
-                    .expect("seq");
+                let seq = sluice_shared::Position::parse(std::str::from_utf8(rest).expect("ascii"))
+                    .expect("a position")
+                    .seq;
                 log.event(seq);
                 if seq == until {
                     return;
