@@ -162,6 +162,14 @@ pub struct Config {
     #[arg(long, env = "SLUICE_PUBLISH_KEY", value_delimiter = ',')]
     pub publish_key: Vec<String>,
 
+    /// Origins whose pages may read streams, snapshots and history
+    /// cross-origin (CORS), comma-separated and exact
+    /// (`https://app.example.com`), or `*` for any page without
+    /// credentials (then tokens must travel in `?token=`). None: no CORS
+    /// headers (same-origin pages only).
+    #[arg(long, env = "SLUICE_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+
     /// Serve without subscriber auth (logged loudly).
     #[arg(long, env = "SLUICE_INSECURE")]
     pub insecure: bool,
@@ -212,6 +220,7 @@ impl Config {
         if self.auth_secret.iter().any(|s| s.len() < 16) {
             return Err("every --auth-secret must be at least 16 bytes".into());
         }
+        crate::http::cors::validate(&self.cors_origin)?;
         if self.max_connections == 0 {
             return Err("--max-connections must be at least 1".into());
         }

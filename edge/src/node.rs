@@ -125,6 +125,7 @@ impl Node {
             state.clone(),
             body.clone(),
             surface == OperatorSurface::Public,
+            http::cors::layer(&config.cors_origin),
         );
         let feed = {
             let (store, stop) = (status.store.clone(), stop_feed.clone());

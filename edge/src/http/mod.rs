@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod cors;
 pub mod dashboard;
 pub mod errors;
 pub mod extract;
@@ -26,7 +27,13 @@ pub use self::state::AppState;
 /// and, when `operator` is true, the operator surface (`/`,
 /// `/v1/dashboard/events`, `/metrics`).
 /// Without it those paths are answered 404 like any unknown path.
-pub fn router(state: AppState, body: body::BodyDeadline, operator: bool) -> Router {
+/// `cors`: the `--cors-origin` layer, if any (the public router only).
+pub fn router(
+    state: AppState,
+    body: body::BodyDeadline,
+    operator: bool,
+    cors: Option<tower_http::cors::CorsLayer>,
+) -> Router {
     let mut routes = Router::new()
         .route(
             "/v1/tasks/{task}/events",
@@ -41,7 +48,13 @@ pub fn router(state: AppState, body: body::BodyDeadline, operator: bool) -> Rout
     if operator {
         routes = routes.merge(operator_routes());
     }
-    finish(routes, state, body)
+    let router = finish(routes, state, body);
+    match cors {
+        // Outermost: a preflight is answered before anything else, and
+        // every answer (errors included) carries the CORS headers.
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
 }
 
 /// The admin router (`--admin-listen`): the operator surface, and health

@@ -10,6 +10,7 @@
 //! ```
 
 mod admin;
+mod cors;
 mod fuzz_inputs;
 mod held_memory;
 mod hostile;
