@@ -47,7 +47,7 @@ const DRAIN_SECS: &str = "4";
 /// Each edge's stream limit here: above what phases 1 and 2 put on one
 /// edge (8 clients in all), small enough to fill every edge in phase 3.
 const MAX_STREAMS_PER_EDGE: usize = 12;
-const PUBLISH_KEY: &str = "compose-test-publish-key";
+pub(crate) const PUBLISH_KEY: &str = "compose-test-publish-key";
 
 const IMAGES: [(&str, &str); 4] = [
     ("SLUICE_REDIS_IMAGE", "sluice-redis:7"),
@@ -55,13 +55,13 @@ const IMAGES: [(&str, &str); 4] = [
     ("SLUICE_CLI_IMAGE", "sluice:dev"),
     ("SLUICE_LB_IMAGE", "sluice-haproxy:dev"),
 ];
-const EDGES: [&str; 3] = ["edge1", "edge2", "edge3"];
+pub(crate) const EDGES: [&str; 3] = ["edge1", "edge2", "edge3"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn compose_cmd() -> Vec<String> {
+pub(crate) fn compose_cmd() -> Vec<String> {
     std::env::var("SLUICE_COMPOSE")
         .unwrap_or_else(|_| "docker-compose".to_owned())
         .split_whitespace()
@@ -69,7 +69,7 @@ fn compose_cmd() -> Vec<String> {
         .collect()
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -78,12 +78,26 @@ fn text(out: &std::process::Output) -> String {
 }
 
 /// A compose project; `down -v` when dropped (also on panic).
-struct Stack {
+pub(crate) struct Stack {
     project: String,
     cmd: Vec<String>,
 }
 
 impl Stack {
+    /// A stack of its own for this test process: the project name carries
+    /// the process id, so [`remove_stale_stacks`] can tell a stack whose
+    /// test is gone. Nothing runs until `up`.
+    pub(crate) fn unique(cmd: Vec<String>) -> Stack {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        Stack {
+            project: format!("sluiceit{}t{nanos:x}", std::process::id()),
+            cmd,
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.cmd[0]);
         c.args(&self.cmd[1..])
@@ -106,7 +120,7 @@ impl Stack {
     }
 
     /// Runs a compose command off the async threads; panics on failure.
-    async fn run(&self, args: &[&str]) -> String {
+    pub(crate) async fn run(&self, args: &[&str]) -> String {
         let mut c = self.command(args);
         let what = args.join(" ");
         let out = tokio::task::spawn_blocking(move || c.output())
@@ -122,7 +136,7 @@ impl Stack {
     }
 
     /// `host:port` a service's port is published on (127.0.0.1 only).
-    async fn port(&self, service: &str, port: u16) -> String {
+    pub(crate) async fn port(&self, service: &str, port: u16) -> String {
         let out = self.run(&["port", service, &port.to_string()]).await;
         let addr = out.trim().to_owned();
         assert!(
@@ -132,7 +146,7 @@ impl Stack {
         addr
     }
 
-    async fn container(&self, service: &str) -> String {
+    pub(crate) async fn container(&self, service: &str) -> String {
         let id = self.run(&["ps", "-q", service]).await.trim().to_owned();
         assert!(!id.is_empty(), "no container for {service}");
         id
@@ -162,7 +176,7 @@ impl Drop for Stack {
 
 /// Removes stacks of earlier runs whose test process is gone (a run killed
 /// before its guard could clean up).
-fn remove_stale_stacks(cmd: &[String]) {
+pub(crate) fn remove_stale_stacks(cmd: &[String]) {
     let Ok(out) = Command::new("docker")
         .args([
             "ps",
@@ -195,7 +209,7 @@ fn remove_stale_stacks(cmd: &[String]) {
     }
 }
 
-fn require_images() {
+pub(crate) fn require_images() {
     for (var, default) in IMAGES {
         let image = std::env::var(var).unwrap_or_else(|_| default.to_owned());
         let ok = Command::new("docker")
@@ -242,7 +256,7 @@ async fn lb_status(http: &reqwest::Client, stats: &str) -> HashMap<String, Strin
 }
 
 /// Waits until HAProxy reports every edge UP in both backends.
-async fn wait_all_up(http: &reqwest::Client, stats: &str, deadline: Duration) {
+pub(crate) async fn wait_all_up(http: &reqwest::Client, stats: &str, deadline: Duration) {
     let end = Instant::now() + deadline;
     loop {
         let s = lb_status(http, stats).await;
@@ -478,14 +492,7 @@ async fn compose_stack_survives_kill_rolling_restart_and_a_full_fleet() {
     let cmd = compose_cmd();
     require_images();
     remove_stale_stacks(&cmd);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let stack = Stack {
-        project: format!("sluiceit{}t{nanos:x}", std::process::id()),
-        cmd,
-    };
+    let stack = Stack::unique(cmd);
     stack.run(&["up", "-d", "--no-build"]).await;
     let lb = stack.port("haproxy", 8080).await;
     let admin = stack.port("haproxy", 9090).await;

@@ -34,7 +34,7 @@ fn open_sources(url: &str) -> String {
                 s.es = new EventSource({url:?});
                 s.es.addEventListener('open', () => s.opens++);
                 s.es.addEventListener('error', () => s.errors++);
-                s.es.addEventListener('progress', ev => s.seqs.push(Number(ev.lastEventId)));
+                s.es.addEventListener('progress', ev => s.seqs.push(JSON.parse(ev.data).seq));
                 window.__sources.push(s);
             }}
             return window.__sources.length;
