@@ -454,6 +454,12 @@ impl Subscription {
                 self.set_position(p);
                 let at = s.position();
                 let epoch_differs = matches!((p.tag, at.tag), (Some(a), Some(b)) if a.epoch() != b.epoch());
+                if p.tag.is_none() && p.seq > s.seq && s.state == TaskState::Closed {
+                    // A bare seq past the final event: the end, as at it
+                    // (unverified; a position there is another history).
+                    self.finish();
+                    return Ok(Opened::Finished);
+                }
                 if epoch_differs || p.seq > s.seq {
                     // Another history (the store lost the task and it was
                     // recreated), or an id reused.

@@ -239,6 +239,66 @@ async fn wiped_redis_resets_a_resumed_position() {
     }
 }
 
+/// Redis wiped, and the task recreated and finished (final event at seq
+/// 3) below the client's old seq 5: its position gets the reset to the
+/// closed task, then the end of the stream (WebSocket: close 1000). A bare
+/// `Last-Event-ID: 5` is at or past the final event: 204, so EventSource
+/// stops (README, "The end"), unverified like any bare seq.
+#[tokio::test]
+async fn wiped_redis_and_a_finished_task() {
+    sluice_tests::init_logs();
+    let (redis, edge) = TestEdge::redis().start().await;
+    let p = Publisher::connect(&redis.url()).await.expect("publisher");
+    let task = unique_task("wiped-end");
+    publish_range(&p, &task, "old", 1, 5).await;
+    let seen = read_from_start(&edge, &task, 5).await;
+    let old5 = tagged(&seen[4]).to_string();
+
+    flushall(&redis).await;
+    publish_range(&p, &task, "new", 1, 2).await;
+    let fin = p
+        .publish_with(
+            &task,
+            "done",
+            &data("new", 3),
+            PublishOptions {
+                is_final: true,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .expect("final");
+    assert_eq!(fin.seq, 3);
+
+    let mut c = sse_resume(&edge, &task, &old5).await;
+    let reset = c.next_event(T).await.expect("reset");
+    assert_reset(&reset, 3, &data("new", 3));
+    assert_eq!(reset.json()["state"], json!("closed"));
+    assert!(c.next_frame(T).await.is_none(), "the stream ends after it");
+
+    let mut ws = WsClient::connect(&format!(
+        "ws://{}/v1/tasks/{task}/ws?after={old5}",
+        edge.addr
+    ))
+    .await
+    .expect("upgrade");
+    let env = ws.envelope(T).await;
+    assert_eq!(env["type"], json!(RESET), "{env}");
+    assert_eq!(env["data"]["state"], json!("closed"), "{env}");
+    assert!(
+        matches!(ws.next(T).await, sluice_tests::WsItem::Closed(Some(1000))),
+        "close 1000 after the reset of a closed task"
+    );
+
+    let c = SseClient::connect_with(
+        &edge.url(&format!("/v1/tasks/{task}/events")),
+        None,
+        &[("last-event-id", "5")],
+    )
+    .await;
+    assert_eq!(c.status, 204, "a bare seq past the final event");
+}
+
 /// Redis restarted without persistence (`--save "" --appendonly no`; the
 /// container restarted on the same port): a position of the old history
 /// gets a reset. And a client that stayed connected through the restart:
