@@ -424,7 +424,10 @@ impl FrameReader {
                 *data = None;
             }
             SseLine::Field(b"id", v) => {
-                *seq = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                *seq = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| sluice_shared::Position::parse(s).ok())
+                    .map(|p| p.seq);
             }
             SseLine::Field(b"event", v) => *reset = v == b"sluice.reset",
             SseLine::Field(b"data", v) => *data = serde_json::from_slice(v).ok(),

@@ -291,7 +291,10 @@ impl SseParser {
                 *ts = None;
             }
             SseLine::Field(b"id", v) => {
-                *id = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                *id = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| sluice_shared::Position::parse(s).ok())
+                    .map(|p| p.seq);
             }
             SseLine::Field(b"event", v) => {
                 *reset = v == sluice_shared::event::RESET_TYPE.as_bytes();
@@ -387,7 +390,7 @@ mod tests {
 
     #[test]
     fn chunked_sse_split_anywhere() {
-        let frames = "retry: 100\n\n: hb\n\nid: 1\nevent: k\ndata: {\"data\":{\"ts\":\"x\"},\"ts\":\"2026-11-23T05:00:00.123Z\",\"final\":false}\n\nid: 2\nevent: k\ndata: {}\n\nid: 5\nevent: sluice.reset\ndata: {}\n\nid: 6\nevent: k\ndata: {}\n\n";
+        let frames = "retry: 100\n\n: hb\n\nid: 1\nevent: k\ndata: {\"data\":{\"ts\":\"x\"},\"ts\":\"2026-11-23T05:00:00.123Z\",\"final\":false}\n\nid: 2.AbCd3w\nevent: k\ndata: {}\n\nid: 5.AbCd3w\nevent: sluice.reset\ndata: {}\n\nid: 6\nevent: k\ndata: {}\n\n";
         let mut wire = Vec::new();
         for part in frames.as_bytes().chunks(7) {
             wire.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
