@@ -92,7 +92,7 @@ impl End {
 #[derive(Debug)]
 pub enum Heard {
     End(End),
-    /// Follow `task` from `after` (a seq, or a position `17.AbCd3f`; none:
+    /// Follow `task` from `after` (a seq, or a position `17.AbCd3w`; none:
     /// from the snapshot).
     Subscribe {
         task: String,

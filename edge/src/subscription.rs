@@ -455,8 +455,10 @@ impl Subscription {
                 let at = s.position();
                 let epoch_differs =
                     matches!((p.tag, at.tag), (Some(a), Some(b)) if a.epoch() != b.epoch());
-                if !epoch_differs && p.seq > s.seq && s.state == TaskState::Closed {
-                    // Past the final event of this history: nothing more.
+                if p.tag.is_none() && p.seq > s.seq && s.state == TaskState::Closed {
+                    // A bare seq past the final event: the end, as at it
+                    // (unverified; a position there is another history:
+                    // nothing follows a final event in the same one).
                     self.finish();
                     return Ok(Opened::Finished);
                 }

@@ -201,7 +201,7 @@ mod tests {
         let f = Event::from_stored(&stored);
         let s = std::str::from_utf8(&f.sse).expect("utf8");
         let id = format!("id: {}\n", stored.position());
-        assert!(id.starts_with("id: 7.") && id.len() == "id: 7.AbCd3f\n".len());
+        assert!(id.starts_with("id: 7.") && id.len() == "id: 7.AbCd3w\n".len());
         assert!(
             s.starts_with(&format!("{id}event: k\ndata: {{\"task\":\"t\",\"seq\":7,")),
             "{s}"
@@ -221,7 +221,7 @@ mod tests {
         assert_eq!(f.json.as_ptr(), f.sse[data..].as_ptr());
         assert_eq!(
             f.sse.len(),
-            "id: 1234.AbCd3f\nevent: k\ndata: \n\n".len() + f.json.len()
+            "id: 1234.AbCd3w\nevent: k\ndata: \n\n".len() + f.json.len()
         );
     }
 

@@ -13,7 +13,7 @@
 //!
 //! Text forms:
 //! - a task position: `<seq>.<tag>` (the tag is 6 characters of base64url),
-//!   e.g. `17.AbCd3f`; a bare `<seq>` is accepted as an unverified position;
+//!   e.g. `17.AbCd3w`; a bare `<seq>` is accepted as an unverified position;
 //! - a [`Cursor`] (many tasks on one stream): `m` followed by base64url of
 //!   a version byte, a hash of the task set and each task's position.
 
@@ -81,7 +81,7 @@ pub struct Position {
 /// Why a position or cursor given by a client was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PositionError {
-    #[error("must be a seq (17) or a position (17.AbCd3f)")]
+    #[error("must be a seq (17) or a position (17.AbCd3w)")]
     Malformed,
     #[error("is out of range")]
     OutOfRange,
@@ -105,7 +105,7 @@ impl Position {
         }
     }
 
-    /// Parses `17` or `17.AbCd3f`.
+    /// Parses `17` or `17.AbCd3w`.
     pub fn parse(raw: &str) -> Result<Position, PositionError> {
         let raw = raw.trim();
         let (seq, tag) = match raw.split_once('.') {
@@ -314,8 +314,8 @@ mod tests {
             "0x10",
             "17.",
             "17.AbCd",
-            "17.AbCd3f9",
-            ".AbCd3f",
+            "17.AbCd3w9",
+            ".AbCd3w",
             "1 7",
             "m123",
         ] {
@@ -366,7 +366,7 @@ mod tests {
             Cursor::parse(&text, hash, 3),
             Err(PositionError::OtherTasks)
         );
-        for bad in ["", "m", "x", "m!!!!", "17", "17.AbCd3f"] {
+        for bad in ["", "m", "x", "m!!!!", "17", "17.AbCd3w"] {
             assert!(Cursor::parse(bad, hash, 4).is_err(), "{bad}");
         }
     }

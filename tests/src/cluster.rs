@@ -262,6 +262,14 @@ impl RedisCluster {
         let _ = cli(primary, &["CLIENT", "KILL", "TYPE", "replica"]);
     }
 
+    /// Waits until `port` (a replica) says it is a primary: its failover
+    /// is done.
+    pub fn wait_promoted(&self, port: u16, deadline: Duration) {
+        wait("replica promoted", deadline, || {
+            cli(port, &["ROLE"]).is_some_and(|s| s.lines().next() == Some("master"))
+        });
+    }
+
     /// Waits until every slot is served again (a replica took over).
     pub fn wait_healed(&self, deadline: Duration) {
         let ports = self.live_ports();

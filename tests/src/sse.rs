@@ -104,7 +104,7 @@ pub struct SseFrame {
 }
 
 impl SseFrame {
-    /// The seq of a one-task frame's id (a position, `17.AbCd3f`, or a
+    /// The seq of a one-task frame's id (a position, `17.AbCd3w`, or a
     /// bare seq).
     pub fn seq(&self) -> Option<u64> {
         self.id

@@ -52,7 +52,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Task {
 
 /// Where a subscriber starts: `Last-Event-ID` (wins: browsers send it on
 /// reconnect while the URL keeps the original `after`), else `?after=`,
-/// else the latest event. A position (`17.AbCd3f`) is verified before
+/// else the latest event. A position (`17.AbCd3w`) is verified before
 /// anything is delivered; a bare seq (`17`) is not.
 pub struct Resume(pub Start);
 
@@ -79,7 +79,7 @@ fn resume_point(parts: &Parts) -> Result<Option<(&'static str, String)>, ApiErro
     Ok(query_param(parts, "after").map(|v| ("after", v)))
 }
 
-/// Parses a task position given by a client (`17` or `17.AbCd3f`).
+/// Parses a task position given by a client (`17` or `17.AbCd3w`).
 pub fn parse_position(what: &str, raw: &str) -> Result<Position, ApiError> {
     Position::parse(raw).map_err(|e| {
         ApiError::bad_request(

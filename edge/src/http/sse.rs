@@ -1,7 +1,7 @@
 //! `GET /v1/tasks/{task}/events` and `GET /v1/events?task=a&task=b`:
 //! Server-Sent Events, of one task or many on one stream.
 //!
-//! One task: each frame's `id:` is the event's position (`17.AbCd3f`).
+//! One task: each frame's `id:` is the event's position (`17.AbCd3w`).
 //! Many tasks: each frame's `id:` is the stream's cursor, every task's
 //! position ([`sluice_shared::position::Cursor`]), so a browser that
 //! reconnects by itself (same URL, its own `Last-Event-ID`) resumes every

@@ -446,7 +446,7 @@ impl FrameReader {
                 *data = None;
             }
             SseLine::Field(b"id", v) => {
-                // A position (`17.AbCd3f`) or a bare seq.
+                // A position (`17.AbCd3w`) or a bare seq.
                 let raw = std::str::from_utf8(v).ok();
                 *seq = raw
                     .and_then(|s| sluice_shared::Position::parse(s).ok())

@@ -291,7 +291,7 @@ impl SseParser {
                 *ts = None;
             }
             SseLine::Field(b"id", v) => {
-                // A position (`17.AbCd3f`) or a bare seq.
+                // A position (`17.AbCd3w`) or a bare seq.
                 *id = std::str::from_utf8(v)
                     .ok()
                     .and_then(|s| sluice_shared::Position::parse(s).ok())

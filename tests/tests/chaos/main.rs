@@ -1,5 +1,7 @@
 //! The scenarios that load the machine's two cores on their own: fault
-//! injection with client fleets (`faults`), a real Redis Cluster (`cluster`),
+//! injection with client fleets (`faults`), a real Redis Cluster (`cluster`,
+//! and `lost_writes`: a failover that loses a task's tail, seen through
+//! positions),
 //! the soak (`soak`), and a process out of file descriptors (`fds`, which
 //! must not share its process with anything running). Each takes [`sluice_tests::chaos::exclusive`], a
 //! lock of this process, so they run one at a time whatever
@@ -14,4 +16,5 @@
 mod cluster;
 mod faults;
 mod fds;
+mod lost_writes;
 mod soak;

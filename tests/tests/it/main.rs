@@ -16,6 +16,7 @@ mod held_memory;
 mod hostile;
 mod k8s_manifests;
 mod load_smoke;
+mod lost_writes;
 mod metrics;
 mod protections;
 mod publisher;
