@@ -16,6 +16,7 @@ mod hostile;
 mod k8s_manifests;
 mod load_smoke;
 mod metrics;
+mod multi_task;
 mod protections;
 mod publisher;
 mod python_producer;
