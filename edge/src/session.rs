@@ -18,11 +18,11 @@ use rand::Rng;
 use sluice_shared::TaskId;
 use tokio::time::{Instant, Interval, Sleep};
 
+use crate::error::ApiError;
 use crate::lifecycle::{Draining, Tasks};
 use crate::limits::{ConnGuard, Limits};
 use crate::metrics::{Metrics, Transport, TransportLabel};
 use crate::server::io::Peer;
-use crate::error::ApiError;
 use crate::subscription::{Delivery, Mux, Opened, Start, Subscriptions};
 
 /// Most events written in one batch.
@@ -215,7 +215,11 @@ impl<F: Framing> Session<F> {
             })
             .clone();
         conn.following(mux.len());
-        tracing::debug!(tasks = mux.len(), transport = conn.transport.as_str(), "subscribed");
+        tracing::debug!(
+            tasks = mux.len(),
+            transport = conn.transport.as_str(),
+            "subscribed"
+        );
         Session {
             mux,
             framing,

@@ -453,7 +453,8 @@ impl Subscription {
             (Start::After(p), Some(s)) => {
                 self.set_position(p);
                 let at = s.position();
-                let epoch_differs = matches!((p.tag, at.tag), (Some(a), Some(b)) if a.epoch() != b.epoch());
+                let epoch_differs =
+                    matches!((p.tag, at.tag), (Some(a), Some(b)) if a.epoch() != b.epoch());
                 if epoch_differs || p.seq > s.seq {
                     // Another history (the store lost the task and it was
                     // recreated), or an id reused.
@@ -928,12 +929,16 @@ mod tests {
         }
         // Pages of 1 000 events but 7 000 bytes: three events each.
         let limit = PageLimit::new(1000, 7000);
-        let (mut sub, _hub, metrics) = open_limited(store.clone(), &task, Start::after(0), limit).await;
+        let (mut sub, _hub, metrics) =
+            open_limited(store.clone(), &task, Start::after(0), limit).await;
         let mut seqs = Vec::new();
         for _ in 0..9 {
             let ev = next(&mut sub).await;
             assert!(!ev.is_reset);
-            assert!(sub.subs[0].pending.len() < 3, "a page held more than its bytes");
+            assert!(
+                sub.subs[0].pending.len() < 3,
+                "a page held more than its bytes"
+            );
             seqs.push(ev.seq);
         }
         assert_eq!(seqs, (1..=9).collect::<Vec<_>>());

@@ -244,6 +244,8 @@ mod tests {
         assert_eq!(Event::from_stored(&stored).ts, stored.ts);
         let reset = Event::reset(&TaskId::parse("t").expect("id"), Some(&snapshot));
         assert_eq!(reset.position(), from_log.position());
-        assert!(reset.sse.starts_with(format!("id: {}\n", from_log.position()).as_bytes()));
+        assert!(reset
+            .sse
+            .starts_with(format!("id: {}\n", from_log.position()).as_bytes()));
     }
 }

@@ -171,7 +171,10 @@ mod tests {
         let mut v: Value = serde_json::from_slice(&ev().envelope_json()).expect("json");
         let env: Envelope = serde_json::from_value(v.clone()).expect("envelope");
         assert_eq!(env, ev().envelope());
-        let pos = v.as_object_mut().and_then(|o| o.remove("pos")).expect("pos");
+        let pos = v
+            .as_object_mut()
+            .and_then(|o| o.remove("pos"))
+            .expect("pos");
         assert_eq!(pos.as_str(), Some(ev().position().to_string().as_str()));
         assert!(pos.as_str().is_some_and(|p| p.starts_with("17.")), "{pos}");
         assert_eq!(

@@ -11,6 +11,6 @@ pub mod task;
 pub mod token;
 
 pub use event::{Envelope, Seq, StoredEvent};
-pub use position::{Cursor, Position, Tag};
 pub use keys::{shard_of, TaskKeys, DEFAULT_SHARDS};
+pub use position::{Cursor, Position, Tag};
 pub use task::{TaskId, TaskIdError};

@@ -193,7 +193,10 @@ impl Cursor {
 
     /// Decodes a cursor made for `tasks` tasks whose set hashes to `set_hash`.
     pub fn parse(raw: &str, set_hash: u32, tasks: usize) -> Result<Cursor, PositionError> {
-        let body = raw.trim().strip_prefix('m').ok_or(PositionError::Malformed)?;
+        let body = raw
+            .trim()
+            .strip_prefix('m')
+            .ok_or(PositionError::Malformed)?;
         if body.len() > 4 * (5 + tasks * 16) {
             return Err(PositionError::Malformed);
         }
@@ -304,7 +307,16 @@ mod tests {
             Ok(u64::MAX)
         );
         for bad in [
-            "", "-1", "1.5", "abc", "0x10", "17.", "17.AbCd", "17.AbCd3f9", ".AbCd3f", "1 7",
+            "",
+            "-1",
+            "1.5",
+            "abc",
+            "0x10",
+            "17.",
+            "17.AbCd",
+            "17.AbCd3f9",
+            ".AbCd3f",
+            "1 7",
             "m123",
         ] {
             assert!(Position::parse(bad).is_err(), "{bad}");
@@ -350,7 +362,10 @@ mod tests {
             Err(PositionError::OtherTasks)
         );
         assert_eq!(Cursor::parse(&text, hash, 5), Err(PositionError::Malformed));
-        assert_eq!(Cursor::parse(&text, hash, 3), Err(PositionError::OtherTasks));
+        assert_eq!(
+            Cursor::parse(&text, hash, 3),
+            Err(PositionError::OtherTasks)
+        );
         for bad in ["", "m", "x", "m!!!!", "17", "17.AbCd3f"] {
             assert!(Cursor::parse(bad, hash, 4).is_err(), "{bad}");
         }
@@ -365,6 +380,10 @@ mod tests {
             .collect();
         let mut text = String::new();
         Cursor::encode_into(hash, &positions, &mut text);
-        assert!(text.len() <= 1 + (5 + 100 * 6usize).div_ceil(3) * 4, "{}", text.len());
+        assert!(
+            text.len() <= 1 + (5 + 100 * 6usize).div_ceil(3) * 4,
+            "{}",
+            text.len()
+        );
     }
 }

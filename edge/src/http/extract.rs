@@ -115,7 +115,10 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamMode {
                 let every = match interval {
                     None => LATEST_INTERVAL,
                     Some(raw) => humantime::parse_duration(&raw).map_err(|e| {
-                        ApiError::bad_request("invalid_mode", format!("interval: {e} (e.g. 1s, 500ms)"))
+                        ApiError::bad_request(
+                            "invalid_mode",
+                            format!("interval: {e} (e.g. 1s, 500ms)"),
+                        )
                     })?,
                 };
                 if !(LATEST_INTERVAL_MIN..=LATEST_INTERVAL_MAX).contains(&every) {

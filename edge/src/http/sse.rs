@@ -125,7 +125,13 @@ async fn open_many(
         positions: mux.positions(),
         text: String::new(),
     };
-    let conn = Conn::new(&sessions.metrics, Transport::Sse, tasks.first(), guard, peer);
+    let conn = Conn::new(
+        &sessions.metrics,
+        Transport::Sse,
+        tasks.first(),
+        guard,
+        peer,
+    );
     let session = Session::new(sessions, conn, mux, SseFrames::start(Some(cursor)), None);
     Ok(event_stream(body(session)))
 }
