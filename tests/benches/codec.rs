@@ -6,7 +6,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sluice_edge::wire::{sse_frame, Event};
-use sluice_shared::{codec, StoredEvent};
+use sluice_shared::{codec, Position, StoredEvent};
 use std::hint::black_box;
 
 fn event(payload: usize) -> StoredEvent {
@@ -37,8 +37,9 @@ fn codec_benches(c: &mut Criterion) {
             b.iter(|| black_box(&ev).envelope_json())
         });
         let json = ev.envelope_json();
+        let pos = Position::of(&ev);
         g.bench_function("sse_frame", |b| {
-            b.iter(|| sse_frame(black_box(17), "progress", black_box(&json)))
+            b.iter(|| sse_frame(black_box(pos), "progress", black_box(&json)))
         });
         g.bench_function("Event::from_stored", |b| {
             b.iter(|| Event::from_stored(black_box(&ev)))

@@ -1,19 +1,19 @@
 //! Micro-benchmark of the hub's fan-out: one feed event delivered to 1, 100
 //! and 10 000 local subscribers of one task (encode once, `try_send` an
 //! `Arc` into each bounded queue), receivers drained after each event the
-//! way subscription tasks would (through `Subscription::next_ready`, over
-//! the memory store).
+//! way sessions would (each subscriber a connection of its own, a [`Mux`]
+//! of one task, drained through `Mux::next_ready`, over the memory store).
 //!
 //! `cargo bench -p sluice-tests --bench fanout`
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use sluice_edge::hub::Hub;
+use sluice_edge::hub::{ConnQueue, Hub};
 use sluice_edge::metrics::Metrics;
 use sluice_edge::store::memory::MemoryStore;
 use sluice_edge::store::{FeedSink, Store};
-use sluice_edge::subscription::{Opening, Start, Subscription, Subscriptions};
+use sluice_edge::subscription::{Mode, Mux, Opened, Start, Subscriptions};
 use sluice_shared::{StoredEvent, TaskId};
 
 fn event(seq: u64) -> StoredEvent {
@@ -44,18 +44,21 @@ fn fanout(c: &mut Criterion) {
             metrics.clone(),
             sluice_edge::store::PageLimit::events(256),
         );
-        let mut subs: Vec<Subscription> = (0..n)
+        let mut subs: Vec<Mux> = (0..n)
             .map(|_| {
-                let open = opener.open(task.clone(), Start::After(0));
-                match rt.block_on(open).expect("open") {
-                    Opening::Stream(s) => s,
-                    Opening::Finished => panic!("unexpected finished"),
-                }
+                let mut mux = opener.mux(Mode::All, true);
+                let opened = rt.block_on(mux.open(task.clone(), Start::after(0)));
+                assert_eq!(opened.expect("open"), Opened::Streaming);
+                mux
             })
             .collect();
         // A few unrelated tasks so the map lookup is not trivial.
+        let (queue, _rx) = ConnQueue::new(16);
         let others: Vec<_> = (0..100)
-            .map(|i| hub.register(&TaskId::parse(&format!("other-{i}")).expect("task")))
+            .map(|i| {
+                let task = TaskId::parse(&format!("other-{i}")).expect("task");
+                hub.register(&task, &queue)
+            })
             .collect();
         g.throughput(Throughput::Elements(n as u64));
         let mut seq = 0u64;

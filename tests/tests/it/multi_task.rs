@@ -264,7 +264,7 @@ impl Received {
     }
 
     /// Reads until the stream ends.
-    async fn to_the_end(&mut self, s: &mut impl Frames) {
+    async fn until_it_ends(&mut self, s: &mut impl Frames) {
         while let Some(f) = s.event().await {
             self.record(&f);
         }
@@ -337,7 +337,7 @@ async fn many_tasks_over_sse_are_exact_per_task_across_a_reconnect_then_204() {
     again.push(tasks[2].clone());
     let mut c = connect(&stream_url(&edge, &again, ""), Some(&last)).await;
     assert_eq!(c.status, 200, "{:?}", c.body);
-    got.to_the_end(&mut c).await;
+    got.until_it_ends(&mut c).await;
     producer.await.expect("producer");
     for t in &tasks {
         let v = got.logs[t].check(1, LAST);
@@ -477,7 +477,7 @@ async fn a_task_that_ends_or_resets_leaves_the_others_streaming() {
     assert!(got.last_is_reset(&b), "b: {:?}", got.logs[&b].received);
     p.finish(&b, "done", &json!({})).await.expect("finish");
     p.finish(&c, "done", &json!({})).await.expect("finish");
-    got.to_the_end(&mut s).await;
+    got.until_it_ends(&mut s).await;
 
     let v = got.logs[&a].check(1, 6);
     assert!(v.is_exact(), "a: {v:?}");
@@ -1263,7 +1263,7 @@ async fn latest_mode_sends_the_newest_event_per_interval_and_every_final() {
     for t in &tasks {
         p.finish(t, "done", &json!({})).await.expect("finish");
     }
-    got.to_the_end(&mut s).await;
+    got.until_it_ends(&mut s).await;
     for t in &tasks {
         let seqs = got.seqs(t);
         println!("{t}: {} events of {}: {seqs:?}", seqs.len(), 2 * BURST + 1);
