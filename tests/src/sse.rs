@@ -62,6 +62,14 @@ impl<'a> SseLine<'a> {
     }
 }
 
+/// The seq of a one-task frame's `id:` value: a position (`17.AbCd3f`) or
+/// a bare seq (`17`). Clients that only track seqs (the load generator, the
+/// chaos fleet) read ids with it, without decoding the tag.
+pub fn id_seq(id: &[u8]) -> Option<u64> {
+    let seq = id.split(|&b| b == b'.').next()?;
+    std::str::from_utf8(seq).ok()?.parse().ok()
+}
+
 /// Lines of an SSE body fed in pieces of any size. Only a line split across
 /// pieces is copied (into a buffer reused from line to line).
 #[derive(Debug, Default)]
@@ -567,6 +575,14 @@ mod tests {
         for piece in [1, 2, 5, wire.len()] {
             assert_eq!(frames(wire, piece), want, "pieces of {piece}");
         }
+    }
+
+    #[test]
+    fn ids_are_positions_or_seqs() {
+        assert_eq!(id_seq(b"17.AbCd3f"), Some(17));
+        assert_eq!(id_seq(b"17"), Some(17));
+        assert_eq!(id_seq(b"m0AbC"), None);
+        assert_eq!(id_seq(b""), None);
     }
 
     #[test]

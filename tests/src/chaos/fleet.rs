@@ -424,7 +424,7 @@ impl FrameReader {
                 *data = None;
             }
             SseLine::Field(b"id", v) => {
-                *seq = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                *seq = crate::sse::id_seq(v);
             }
             SseLine::Field(b"event", v) => *reset = v == b"sluice.reset",
             SseLine::Field(b"data", v) => *data = serde_json::from_slice(v).ok(),

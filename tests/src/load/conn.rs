@@ -291,7 +291,7 @@ impl SseParser {
                 *ts = None;
             }
             SseLine::Field(b"id", v) => {
-                *id = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                *id = crate::sse::id_seq(v);
             }
             SseLine::Field(b"event", v) => {
                 *reset = v == sluice_shared::event::RESET_TYPE.as_bytes();
