@@ -455,7 +455,12 @@ impl Subscription {
                 let at = s.position();
                 let epoch_differs =
                     matches!((p.tag, at.tag), (Some(a), Some(b)) if a.epoch() != b.epoch());
-                if epoch_differs || p.seq > s.seq {
+                if p.seq > s.seq && p.tag.is_none() && s.state == TaskState::Closed {
+                    // A bare seq past the final event: nothing more will
+                    // come (it cannot be checked; a position can).
+                    self.finish();
+                    return Ok(Opened::Finished);
+                } else if epoch_differs || p.seq > s.seq {
                     // Another history (the store lost the task and it was
                     // recreated), or an id reused.
                     self.reset(&ctx.metrics, Some(&s));

@@ -495,6 +495,65 @@ async fn a_task_that_ends_or_resets_leaves_the_others_streaming() {
     assert_eq!(connect(&url, Some(&last)).await.status, 204);
 }
 
+/// A resume point past a closed task's final event (a bare seq, which
+/// cannot be verified) means nothing more will come, as at the final event
+/// itself (README "The end"): that task is finished, not reset. A stream
+/// whose tasks are all finished gets 204; with an open task beside it, the
+/// stream follows the open one only; a WebSocket subscription answers
+/// `finished`.
+#[tokio::test]
+async fn a_resume_point_past_the_final_event_is_finished() {
+    sluice_tests::init_logs();
+    let (redis, edge) = TestEdge::redis().start().await;
+    let p = publisher(&redis).await;
+    let (done, open) = (unique_task("done"), unique_task("open"));
+    for i in 1..=3 {
+        for t in [&done, &open] {
+            p.publish(t, "progress", &json!({"i": i}))
+                .await
+                .expect("publish");
+        }
+    }
+    p.finish(&done, "done", &json!({})).await.expect("finish");
+    let only_done = [done.clone()];
+    let past = cursor(&only_done, |_| Some(Position::bare(9)));
+    let c = connect(&stream_url(&edge, &only_done, ""), Some(&past)).await;
+    assert_eq!(c.status, 204, "{:?}", c.body);
+
+    let tasks = [done.clone(), open.clone()];
+    let past = cursor(&tasks, |t| {
+        Some(Position::bare(if t == done { 9 } else { 3 }))
+    });
+    let mut s = connect(&stream_url(&edge, &tasks, ""), Some(&past)).await;
+    assert_eq!(s.status, 200, "{:?}", s.body);
+    p.publish(&open, "progress", &json!({"i": 4}))
+        .await
+        .expect("publish");
+    p.finish(&open, "done", &json!({})).await.expect("finish");
+    let mut got = Received::new(&tasks);
+    got.until_it_ends(&mut s).await;
+    assert_eq!(
+        got.seqs(&done),
+        Vec::<u64>::new(),
+        "nothing of the finished task"
+    );
+    let v = got.logs[&open].check(4, 5);
+    assert!(v.is_exact(), "open: {v:?}");
+
+    let mut w = WsClient::connect(&ws_url(&edge, "/v1/ws"))
+        .await
+        .expect("upgrade");
+    let mut ws = WsReceived::default();
+    let r = ws
+        .request(&mut w, json!({"op": "subscribe", "task": done, "after": 9}))
+        .await;
+    assert_eq!(
+        r,
+        json!({"op": "subscribed", "task": done, "state": "finished"})
+    );
+    w.close().await;
+}
+
 fn token(tasks: &[&str]) -> String {
     let tasks: Vec<String> = tasks.iter().map(|s| s.to_string()).collect();
     sluice_broker::token::issue(SECRET, &tasks, Duration::from_secs(600), Some("test"))
