@@ -1543,7 +1543,7 @@ async fn tally_ws(mut w: WsClient, tasks: Vec<String>) -> Tally {
 /// with `interval=1s`.
 ///
 /// ```sh
-/// cargo test -p sluice-tests --release --test it \
+/// cargo test -p sluice-tests --test it \
 ///     multi_task::bytes_per_mode_of_a_page_of_100_progress_bars -- --ignored --nocapture
 /// ```
 #[tokio::test]
@@ -1630,7 +1630,8 @@ async fn bytes_per_mode_of_a_page_of_100_progress_bars() {
     ];
     println!(
         "{TASKS} tasks x {RATE} events/s x {SECS} s (+1 final each) = {published} events published \
-         in {published_for:.1?}; data {data_bytes} bytes"
+         in {published_for:.1?}; data {data_bytes} bytes; task ids of {} characters on average",
+        tasks.iter().map(String::len).sum::<usize>() as f64 / TASKS as f64,
     );
     println!("| client | bytes received | events | bytes/event | of which id: line |");
     println!("| --- | ---: | ---: | ---: | ---: |");
