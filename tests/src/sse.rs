@@ -62,6 +62,14 @@ impl<'a> SseLine<'a> {
     }
 }
 
+/// The seq of a one-task frame's `id:` value: a position (`17.AbCd3w`) or
+/// a bare seq (`17`). Clients that only track seqs (the load generator, the
+/// chaos fleet) read ids with it, without decoding the tag.
+pub fn id_seq(id: &[u8]) -> Option<u64> {
+    let seq = id.split(|&b| b == b'.').next()?;
+    std::str::from_utf8(seq).ok()?.parse().ok()
+}
+
 /// Lines of an SSE body fed in pieces of any size. Only a line split across
 /// pieces is copied (into a buffer reused from line to line).
 #[derive(Debug, Default)]
@@ -415,8 +423,34 @@ pub struct RawSse {
 impl RawSse {
     /// Sends `GET path` for an event stream and reads nothing yet.
     pub async fn request(addr: SocketAddr, path: &str) -> RawSse {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n\r\n");
+        Self::request_with(addr, path, &[], None).await
+    }
+
+    /// [`RawSse::request`] with more request headers (`Last-Event-ID`) and,
+    /// when `recv_buffer` is set, that receive buffer (`SO_RCVBUF`, which
+    /// also stops the kernel from growing it): the server can then be ahead
+    /// of what the test has read by little more than its own buffers.
+    pub async fn request_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        recv_buffer: Option<u32>,
+    ) -> RawSse {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let mut stream = socket.connect(addr).await.expect("connect");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
         stream
             .write_all(req.as_bytes())
             .await
@@ -541,6 +575,14 @@ mod tests {
         for piece in [1, 2, 5, wire.len()] {
             assert_eq!(frames(wire, piece), want, "pieces of {piece}");
         }
+    }
+
+    #[test]
+    fn ids_are_positions_or_seqs() {
+        assert_eq!(id_seq(b"17.AbCd3w"), Some(17));
+        assert_eq!(id_seq(b"17"), Some(17));
+        assert_eq!(id_seq(b"m0AbC"), None);
+        assert_eq!(id_seq(b""), None);
     }
 
     #[test]

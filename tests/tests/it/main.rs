@@ -18,6 +18,7 @@ mod k8s_manifests;
 mod load_smoke;
 mod lost_writes;
 mod metrics;
+mod multi_task;
 mod protections;
 mod publisher;
 mod python_producer;
