@@ -328,6 +328,9 @@ impl<F: Framing> Session<F> {
                                 ),
                             )
                         } else {
+                            // Subscribing again starts the task again, from
+                            // the new resume point (or its snapshot).
+                            self.mux.close(&id);
                             match self.mux.open(id, start).await {
                                 Ok(opened) => {
                                     self.conn.following(self.mux.len());

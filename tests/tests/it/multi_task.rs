@@ -1645,3 +1645,46 @@ async fn bytes_per_mode_of_a_page_of_100_progress_bars() {
         );
     }
 }
+
+/// `/v1/ws`: subscribing again to a task already followed starts it again
+/// from the new `after` (here: back to seq 3 of 5, so 4 and 5 come again).
+#[tokio::test]
+async fn subscribing_again_starts_the_task_again_from_the_new_point() {
+    sluice_tests::init_logs();
+    let (redis, edge) = TestEdge::redis().start().await;
+    let p = publisher(&redis).await;
+    let t = unique_task("again");
+    for i in 1..=5 {
+        p.publish(&t, "progress", &json!({"i": i}))
+            .await
+            .expect("publish");
+    }
+    let mut w = WsClient::connect(&ws_url(&edge, "/v1/ws"))
+        .await
+        .expect("upgrade");
+    send(&mut w, json!({"op": "subscribe", "task": t, "after": 0})).await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 5 {
+        let v = w.envelope(T).await;
+        if v.get("op").is_some() {
+            assert_eq!(
+                v,
+                json!({"op": "subscribed", "task": t, "state": "streaming"})
+            );
+            continue;
+        }
+        seqs.push(v["seq"].as_u64().expect("seq"));
+    }
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    send(&mut w, json!({"op": "subscribe", "task": t, "after": 3})).await;
+    let ack = w.envelope(T).await;
+    assert_eq!(
+        ack,
+        json!({"op": "subscribed", "task": t, "state": "streaming"})
+    );
+    let again: Vec<Option<u64>> = vec![
+        w.envelope(T).await["seq"].as_u64(),
+        w.envelope(T).await["seq"].as_u64(),
+    ];
+    assert_eq!(again, vec![Some(4), Some(5)]);
+}
