@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::position::Position;
+use crate::position::{Position, Tag};
 
 pub use crate::task::validate_event_type as validate_type;
 
@@ -95,7 +95,16 @@ impl StoredEvent {
 
     /// The verified position of this event.
     pub fn position(&self) -> Position {
-        Position::of(self)
+        Position {
+            seq: self.seq,
+            tag: Some(self.tag()),
+        }
+    }
+
+    /// What verifies this event's position: computed from fields every
+    /// copy of the event carries, the same on every node.
+    pub fn tag(&self) -> Tag {
+        Tag::from_parts(self.epoch, self.seq, self.ts, &self.kind, self.is_final)
     }
 
     /// The envelope as compact JSON bytes (done once per event per node).

@@ -20,8 +20,10 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
-use crate::event::{Seq, StoredEvent};
 use crate::keys::fnv1a32;
+
+/// A per-task sequence number (the same as [`crate::event::Seq`]).
+type Seq = u64;
 
 /// The verification part of a position: 8 bits of the task's epoch, 24
 /// bits of the event's fingerprint.
@@ -29,12 +31,8 @@ use crate::keys::fnv1a32;
 pub struct Tag(u32);
 
 impl Tag {
-    /// The tag of `ev`, computed the same way on every node from the
-    /// event's own fields.
-    pub fn of(ev: &StoredEvent) -> Tag {
-        Tag::from_parts(ev.epoch, ev.seq, ev.ts, &ev.kind, ev.is_final)
-    }
-
+    /// The tag of the event with these fields (the same on every node:
+    /// `StoredEvent::tag`).
     pub fn from_parts(epoch: u64, seq: Seq, ts: i64, kind: &str, is_final: bool) -> Tag {
         let mut h = Fnv64::new();
         h.write(&epoch.to_le_bytes());
@@ -95,14 +93,6 @@ impl Position {
     /// An unverified position (a bare seq, or seq 0: before the first event).
     pub fn bare(seq: Seq) -> Position {
         Position { seq, tag: None }
-    }
-
-    /// The verified position of `ev`.
-    pub fn of(ev: &StoredEvent) -> Position {
-        Position {
-            seq: ev.seq,
-            tag: Some(Tag::of(ev)),
-        }
     }
 
     /// Parses `17` or `17.AbCd3w`.
@@ -283,21 +273,21 @@ impl Fnv64 {
 mod tests {
     use super::*;
 
-    fn ev(epoch: u64, seq: Seq, ts: i64) -> StoredEvent {
-        StoredEvent {
-            task: "t".into(),
+    /// The tag and position of an event of type `progress`.
+    fn tag(epoch: u64, seq: Seq, ts: i64) -> Tag {
+        Tag::from_parts(epoch, seq, ts, "progress", false)
+    }
+
+    fn pos(epoch: u64, seq: Seq, ts: i64) -> Position {
+        Position {
             seq,
-            kind: "progress".into(),
-            data: serde_json::json!({"pct": 1}),
-            ts,
-            is_final: false,
-            epoch,
+            tag: Some(tag(epoch, seq, ts)),
         }
     }
 
     #[test]
     fn positions_round_trip_and_bare_seqs_parse() {
-        let p = Position::of(&ev(1_795_000_000_123_456, 17, 1_795_000_000_999));
+        let p = pos(1_795_000_000_123_456, 17, 1_795_000_000_999);
         let text = p.to_string();
         assert!(text.starts_with("17.") && text.len() == 9, "{text}");
         assert_eq!(Position::parse(&text), Ok(p));
@@ -329,17 +319,16 @@ mod tests {
 
     #[test]
     fn another_history_at_the_same_seq_has_another_tag() {
-        let a = Tag::of(&ev(111, 5, 1000));
-        assert_eq!(a, Tag::of(&ev(111, 5, 1000)), "same event, same tag");
+        let a = tag(111, 5, 1000);
+        assert_eq!(a, tag(111, 5, 1000), "same event, same tag");
         // Same epoch (a failover that lost the tail): the publish time differs.
-        assert_ne!(a, Tag::of(&ev(111, 5, 1001)));
+        assert_ne!(a, tag(111, 5, 1001));
         // Data wiped, task recreated: another epoch.
-        let b = Tag::of(&ev(222, 5, 1000));
+        let b = tag(222, 5, 1000);
         assert_ne!(a.epoch(), b.epoch());
-        // The data is not part of it (only fields every copy carries).
-        let mut other = ev(111, 5, 1000);
-        other.data = serde_json::json!("x");
-        assert_eq!(a, Tag::of(&other));
+        // Type and final flag are part of it.
+        assert_ne!(a, Tag::from_parts(111, 5, 1000, "done", false));
+        assert_ne!(a, Tag::from_parts(111, 5, 1000, "progress", true));
     }
 
     #[test]
@@ -347,7 +336,7 @@ mod tests {
         let tasks = ["a", "b", "c", "d"];
         let hash = Cursor::set_hash(tasks);
         let positions = vec![
-            Some(Position::of(&ev(9, 70_000, 5))),
+            Some(pos(9, 70_000, 5)),
             None,
             Some(Position::bare(0)),
             Some(Position::bare(3)),
@@ -375,9 +364,7 @@ mod tests {
     fn a_cursor_of_100_tasks_stays_small() {
         let tasks: Vec<String> = (0..100).map(|i| format!("job-{i:04}")).collect();
         let hash = Cursor::set_hash(tasks.iter().map(String::as_str));
-        let positions: Vec<_> = (0..100u64)
-            .map(|i| Some(Position::of(&ev(i, 8_000 + i, 1))))
-            .collect();
+        let positions: Vec<_> = (0..100u64).map(|i| Some(pos(i, 8_000 + i, 1))).collect();
         let mut text = String::new();
         Cursor::encode_into(hash, &positions, &mut text);
         assert!(
