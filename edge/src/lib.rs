@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! FeedReader (one per node) ─▶ Hub (task ─▶ subscribers, encode once)
-//!     ─▶ Subscription (bounded queue, last seq) ─▶ Session ─▶ SSE body / WS frames
+//!     ─▶ Mux (one bounded queue per connection; a Subscription per task:
+//!        position, catch-up) ─▶ Session ─▶ SSE body / WS frames
 //! catch-up, resume, gap fill: Store::history from the task log
 //! ```
 //!
@@ -18,10 +19,13 @@
 //!   handler module per endpoint family (tasks, publish, sse, ws, health,
 //!   dashboard); its state is one part per concern.
 //! - [`session`]: the session driver SSE and WebSocket share (batching,
-//!   heartbeats, drain, end of stream, metrics, the connection log); the
+//!   heartbeats, drain, end of stream, `/v1/ws` subscribe and unsubscribe,
+//!   metrics, the connection log); the
 //!   transports in `http::sse` and `http::ws` only frame bytes.
-//! - [`subscription`]: one (connection, task) cursor: snapshot, resume, gap
-//!   fill, catch-up, resets. [`hub`]: the live fan-out to subscriptions.
+//! - [`subscription`]: a connection's tasks (`Mux`: one queue, history
+//!   read in turns, latest mode) and each task's verified position:
+//!   snapshot, resume, gap fill, catch-up, resets. [`hub`]: the live
+//!   fan-out into connections' queues.
 //!   [`wire`]: the encoding of events (SSE frame, JSON envelope).
 //! - [`store`]: the backend, memory and Redis (the Redis store holds the
 //!   live feed reader, `store::redis::feed`).
