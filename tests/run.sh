@@ -20,6 +20,13 @@ done
 printf '\n==> cargo clippy (deny warnings)\n'
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The binaries tests run as processes (tests/src/bins.rs builds them on
+# first use with exactly this command): built here, so that build never
+# runs beside timing-sensitive tests (the chaos reconnect storm starved
+# while it did).
+printf '\n==> cargo build --bins (the binaries tests run as processes)\n'
+cargo build --bins -p sluice-edge -p sluice-broker
+
 printf '\n==> cargo test --workspace\n'
 cargo test --workspace -- --test-threads "${SLUICE_TEST_THREADS:-4}"
 
