@@ -61,14 +61,9 @@ pub async fn subscribe(
     Subscribe { task, start }: Subscribe,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade
-        .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
+    let upgrade = limited(upgrade)?;
     let guard = admit(&sessions, Transport::Ws)?;
     let peer = peer.map(|Extension(p)| p);
-    let upgrade = upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
-        .write_buffer_size(0);
     Ok(upgrade
         .on_upgrade(move |socket| {
             let tasks = sessions.tasks.clone();
@@ -78,6 +73,20 @@ pub async fn subscribe(
             }
         })
         .into_response())
+}
+
+/// A WebSocket upgrade with the client's limits (a non-upgrade request is
+/// refused with a JSON error): messages and frames up to
+/// [`MAX_CLIENT_MESSAGE`], no write buffering (frames go out as written).
+fn limited(
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<WebSocketUpgrade, ApiError> {
+    let upgrade = upgrade
+        .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
+    Ok(upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .write_buffer_size(0))
 }
 
 /// `GET /v1/ws[?mode=latest&interval=1s]`: a WebSocket whose tasks the
@@ -92,15 +101,10 @@ pub async fn subscribe_many(
     caller: Caller,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade
-        .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
+    let upgrade = limited(upgrade)?;
     caller.check_token()?;
     let guard = admit(&sessions, Transport::Ws)?;
     let peer = peer.map(|Extension(p)| p);
-    let upgrade = upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
-        .write_buffer_size(0);
     let control = Control {
         authorize: caller.into_authorize(),
         max_tasks: sessions.max_tasks,
