@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
+use crate::pool::Pool;
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisResult, Value};
 
@@ -381,7 +381,7 @@ impl ClusterPool {
     /// Runs `op` on the node(s) of `target`, retrying what cannot have run.
     async fn run<'a, T, F>(&self, target: Target, op: F) -> RedisResult<T>
     where
-        F: Fn(deadpool_redis::Connection) -> redis::RedisFuture<'a, T> + Send + Sync,
+        F: Fn(crate::pool::Connection) -> redis::RedisFuture<'a, T> + Send + Sync,
         T: Send,
     {
         let mut attempt = 0;

@@ -1,4 +1,4 @@
-//! Redis connections. Short commands share a deadpool pool with a response
+//! Redis connections. Short commands share a pool ([`crate::pool`]) with a response
 //! timeout; blocking reads get a dedicated connection with the response
 //! timeout disabled (with the crate's default 500 ms timeout a longer
 //! `BLOCK` is abandoned client-side while the server keeps it, and a
@@ -14,12 +14,13 @@ pub use crate::direct::{
     single_pool, ConnectError, CLUSTER_SCHEMES, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_RESPONSE_TIMEOUT,
 };
+pub use crate::pool::PoolError;
 
 /// A pool for short commands: one Redis, or a Redis Cluster (commands are
 /// routed by key; `FUNCTION LOAD` goes to every primary).
 #[derive(Clone)]
 pub enum RedisPool {
-    Single(deadpool_redis::Pool),
+    Single(crate::pool::Pool),
     Cluster(crate::cluster::ClusterPool),
 }
 
@@ -35,7 +36,7 @@ impl std::fmt::Debug for RedisPool {
 
 /// A connection taken from a [`RedisPool`]; returns to it on drop.
 pub enum PooledConn {
-    Single(deadpool_redis::Connection),
+    Single(crate::pool::Connection),
     Cluster(crate::cluster::ClusterConn),
 }
 
@@ -76,7 +77,7 @@ impl RedisPool {
     }
 
     /// A connection from the pool (waits at most the pool's timeouts).
-    pub async fn get(&self) -> Result<PooledConn, deadpool_redis::PoolError> {
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
         Ok(match self {
             RedisPool::Single(p) => PooledConn::Single(p.get().await?),
             RedisPool::Cluster(p) => PooledConn::Cluster(p.get()),

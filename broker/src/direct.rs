@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
+
+use crate::pool::{BuildError, Manager, Pool, PoolError};
 
 /// Default response timeout of pooled connections.
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,7 +24,7 @@ pub enum ConnectError {
     #[error("bad Redis URL")]
     Url(#[source] redis::RedisError),
     #[error("cannot build the Redis pool")]
-    Pool(#[source] deadpool_redis::BuildError),
+    Pool(#[source] BuildError),
     #[error("cannot build the Redis pool: a cluster URL needs at least one seed node")]
     NoSeeds,
 }
@@ -100,9 +101,9 @@ pub async fn node(url: &str) -> redis::RedisResult<MultiplexedConnection> {
 
 /// A pool error as a Redis error (the backend's own error when there is one),
 /// for callers that must answer with a Redis error (a `ConnectionLike`).
-pub fn pool_error(e: deadpool_redis::PoolError) -> redis::RedisError {
+pub fn pool_error(e: PoolError) -> redis::RedisError {
     match e {
-        deadpool_redis::PoolError::Backend(e) => e,
+        PoolError::Backend(e) => e,
         other => redis::RedisError::from((redis::ErrorKind::Io, "Redis pool", other.to_string())),
     }
 }
@@ -113,10 +114,10 @@ pub fn single_pool(url: &str, size: usize) -> Result<Pool, ConnectError> {
     let cfg = AsyncConnectionConfig::new()
         .set_response_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
         .set_connection_timeout(Some(DEFAULT_CONNECT_TIMEOUT));
-    let manager = Manager::new_with_config(url, cfg).map_err(ConnectError::Url)?;
-    Pool::builder(manager)
+    let client = redis::Client::open(url).map_err(ConnectError::Url)?;
+    Pool::builder(Manager::new(client, cfg))
         .max_size(size.max(1))
-        .runtime(Runtime::Tokio1)
+        .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(DEFAULT_RESPONSE_TIMEOUT))
         .create_timeout(Some(DEFAULT_CONNECT_TIMEOUT))
         .recycle_timeout(Some(DEFAULT_CONNECT_TIMEOUT))

@@ -24,7 +24,7 @@ pub enum Unavailable {
     /// The pool gave no connection (timed out waiting for one, closed).
     /// A pool error that is a Redis error is kept as [`Unavailable::Redis`].
     #[error(transparent)]
-    Pool(Arc<deadpool_redis::PoolError>),
+    Pool(Arc<crate::pool::PoolError>),
     /// No answer within the bound the caller set.
     #[error("Redis did not answer in time")]
     TimedOut,
@@ -33,10 +33,10 @@ pub enum Unavailable {
     NoReply,
 }
 
-impl From<deadpool_redis::PoolError> for Unavailable {
-    fn from(e: deadpool_redis::PoolError) -> Self {
+impl From<crate::pool::PoolError> for Unavailable {
+    fn from(e: crate::pool::PoolError) -> Self {
         match e {
-            deadpool_redis::PoolError::Backend(e) => Unavailable::Redis(e),
+            crate::pool::PoolError::Backend(e) => Unavailable::Redis(e),
             other => Unavailable::Pool(Arc::new(other)),
         }
     }
@@ -285,11 +285,11 @@ mod tests {
 
     #[test]
     fn pool_errors_keep_the_redis_error() {
-        let e = deadpool_redis::PoolError::Backend(server("LOADING Redis is loading"));
+        let e = crate::pool::PoolError::Backend(server("LOADING Redis is loading"));
         let u = Unavailable::from(e);
         assert!(matches!(u, Unavailable::Redis(_)));
         assert_eq!(u.class(), Some(ErrorClass::NotServed));
-        let closed = Unavailable::from(deadpool_redis::PoolError::Closed);
+        let closed = Unavailable::from(crate::pool::PoolError::Closed);
         assert!(matches!(closed, Unavailable::Pool(_)));
         assert_eq!(closed.class(), None);
     }

@@ -38,6 +38,7 @@ pub mod direct;
 pub mod error;
 pub mod function;
 pub mod nodes;
+pub mod pool;
 pub mod publisher;
 pub mod reader;
 pub mod resp;

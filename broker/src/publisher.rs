@@ -101,8 +101,8 @@ impl From<redis::RedisError> for PublishError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for PublishError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
+impl From<crate::pool::PoolError> for PublishError {
+    fn from(e: crate::pool::PoolError) -> Self {
         PublishError::Unavailable(e.into())
     }
 }

@@ -171,7 +171,7 @@ mod tests {
         for e in [
             StoreError::Unavailable(Unavailable::Redis(io.clone())),
             StoreError::Unavailable(Unavailable::TimedOut),
-            StoreError::Unavailable(Unavailable::from(deadpool_redis::PoolError::Closed)),
+            StoreError::Unavailable(Unavailable::from(sluice_broker::connect::PoolError::Closed)),
             StoreError::Connect(sluice_broker::connect::ConnectError::NoSeeds),
             StoreError::Publish(PublishError::from(io.clone())),
             StoreError::Publish(PublishError::Unavailable(Unavailable::NoReply)),

@@ -177,8 +177,8 @@ impl From<sluice_broker::ReadError> for StoreError {
     }
 }
 
-impl From<deadpool_redis::PoolError> for StoreError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
+impl From<sluice_broker::connect::PoolError> for StoreError {
+    fn from(e: sluice_broker::connect::PoolError) -> Self {
         StoreError::Unavailable(e.into())
     }
 }

@@ -23,6 +23,7 @@ mod protections;
 mod publisher;
 mod python_producer;
 mod redis_acl;
+mod redis_pool;
 mod redis_tls;
 mod refusals;
 mod registry;

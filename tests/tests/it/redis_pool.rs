@@ -1,0 +1,91 @@
+//! The pool of short-command connections (`sluice_broker::pool`): a
+//! connection goes back into service without a health round trip, and one
+//! that broke is replaced.
+
+use sluice_broker::connect;
+use sluice_tests::redis_fixture::RedisFixture;
+
+async fn client_id(pool: &connect::RedisPool) -> Result<i64, redis::RedisError> {
+    let mut conn = pool.get().await.map_err(connect::pool_error)?;
+    redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await
+}
+
+/// `calls` of one command in Redis's own statistics.
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn connections_received(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(conn)
+        .await
+        .expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+#[tokio::test]
+async fn a_connection_is_reused_without_a_round_trip_and_replaced_once_broken() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let mut admin = redis.conn().await;
+    let pool = connect::pool(&redis.url(), 1).expect("pool");
+
+    let first = client_id(&pool).await.expect("first use");
+    let connects = connections_received(&mut admin).await;
+    let pings = calls(&mut admin, "ping").await;
+    for _ in 0..50 {
+        assert_eq!(
+            client_id(&pool).await.expect("reuse"),
+            first,
+            "a healthy connection is reused"
+        );
+    }
+    assert_eq!(
+        connections_received(&mut admin).await,
+        connects,
+        "50 checkouts opened no connection"
+    );
+    assert_eq!(
+        calls(&mut admin, "ping").await,
+        pings,
+        "a checkout costs no PING round trip"
+    );
+
+    // Redis drops the pooled connection: the next command on it fails (the
+    // connection is seen broken), and the pool then dials a new one.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(first)
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+    assert_eq!(killed, 1);
+    let mut replaced = None;
+    for _ in 0..3 {
+        if let Ok(id) = client_id(&pool).await {
+            replaced = Some(id);
+            break;
+        }
+    }
+    let replaced = replaced.expect("the pool replaced the killed connection");
+    assert_ne!(replaced, first, "a new connection");
+    assert_eq!(
+        client_id(&pool).await.expect("reuse"),
+        replaced,
+        "the new connection is reused in turn"
+    );
+}
