@@ -1,16 +1,28 @@
 //! The pool of multiplexed connections to one Redis node (a `deadpool`
 //! managed pool with our own manager).
 //!
-//! Handing a connection back into service costs nothing: it is reused
-//! unless a command on it showed it broken (the connection dropped, or
-//! [`TIMEOUTS_BEFORE_BROKEN`] commands in a row timed out). deadpool-redis's
-//! manager instead sends `UNWATCH` + `PING` on every checkout and discards
-//! the connection when that round trip is slow: on a CPU-starved node (seen
-//! in the chaos reconnect storm) every checkout then dropped a healthy
-//! connection and dialled a new one, thousands of connects a second, until
-//! the ephemeral ports towards Redis ran out and even the feed reader could
-//! not connect for minutes. Nothing here uses `WATCH`, so there is no
-//! transaction state to reset between users.
+//! A connection in use goes back into service without I/O. It is checked
+//! with a `PING` on checkout only when there is reason to doubt it: it sat
+//! idle for [`IDLE_CHECK`] (Redis may have restarted or dropped it
+//! meanwhile), or another connection of the pool was found dropped since it
+//! was last checked (a restart drops them all). It is replaced when a
+//! command on it showed it broken (the connection dropped, or
+//! [`TIMEOUTS_BEFORE_BROKEN`] commands in a row timed out) or that `PING`
+//! fails.
+//!
+//! deadpool-redis's manager, used before, sends `UNWATCH` + `PING` on every
+//! checkout and discards the connection when that round trip outlasts the
+//! recycle timeout: on a CPU-starved node (seen in the chaos reconnect
+//! storm) every checkout then dropped a healthy connection and dialled a new
+//! one, thousands of connects a second, until the ephemeral ports towards
+//! Redis ran out and even the feed reader could not connect for minutes.
+//! Busy connections are now never checked, so a slow node keeps its
+//! connections. Nothing here uses `WATCH`, so there is no transaction state
+//! to reset between users.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -28,15 +40,25 @@ pub type BuildError = managed::BuildError;
 /// is not enough.
 pub const TIMEOUTS_BEFORE_BROKEN: u8 = 3;
 
+/// A connection not checked out for this long is checked with a `PING`
+/// before it is handed out again.
+pub const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Creates connections for a [`Pool`]; recycles them without I/O.
 pub struct Manager {
     client: redis::Client,
     config: AsyncConnectionConfig,
+    /// Connections of this pool found dropped so far.
+    drops: Arc<AtomicU64>,
 }
 
 impl Manager {
     pub fn new(client: redis::Client, config: AsyncConnectionConfig) -> Self {
-        Manager { client, config }
+        Manager {
+            client,
+            config,
+            drops: Arc::new(AtomicU64::new(0)),
+        }
     }
 }
 
@@ -44,6 +66,10 @@ impl Manager {
 pub struct Conn {
     inner: MultiplexedConnection,
     health: Health,
+    /// The pool's drop count.
+    drops: Arc<AtomicU64>,
+    /// The pool's drop count when this connection was last known good.
+    checked_at: u64,
 }
 
 impl Conn {
@@ -53,7 +79,11 @@ impl Conn {
     }
 
     fn note<T>(&mut self, result: &RedisResult<T>) {
+        let was_broken = self.health.broken;
         self.health.note(result);
+        if self.health.broken && !was_broken {
+            self.drops.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -127,12 +157,19 @@ impl managed::Manager for Manager {
         Ok(Conn {
             inner,
             health: Health::default(),
+            drops: self.drops.clone(),
+            checked_at: self.drops.load(Ordering::Acquire),
         })
     }
 
-    async fn recycle(&self, conn: &mut Conn, _: &Metrics) -> RecycleResult<RedisError> {
+    async fn recycle(&self, conn: &mut Conn, metrics: &Metrics) -> RecycleResult<RedisError> {
         if conn.health.broken {
             return Err(RecycleError::message("the connection broke"));
+        }
+        let drops = self.drops.load(Ordering::Acquire);
+        if conn.checked_at != drops || metrics.last_used() >= IDLE_CHECK {
+            let _: String = redis::cmd("PING").query_async(&mut conn.inner).await?;
+            conn.checked_at = drops;
         }
         Ok(())
     }

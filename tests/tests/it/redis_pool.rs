@@ -1,6 +1,7 @@
 //! The pool of short-command connections (`sluice_broker::pool`): a
-//! connection goes back into service without a health round trip, and one
-//! that broke is replaced.
+//! connection in use goes back into service without a health round trip,
+//! one that broke is replaced, and after a Redis restart the pool checks
+//! its idle connections instead of handing out dead ones.
 
 use sluice_broker::connect;
 use sluice_tests::redis_fixture::RedisFixture;
@@ -37,7 +38,7 @@ async fn connections_received(conn: &mut redis::aio::MultiplexedConnection) -> u
 }
 
 #[tokio::test]
-async fn a_connection_is_reused_without_a_round_trip_and_replaced_once_broken() {
+async fn a_busy_connection_is_reused_without_a_round_trip_and_replaced_once_broken() {
     sluice_tests::init_logs();
     let redis = RedisFixture::start().await;
     let mut admin = redis.conn().await;
@@ -88,4 +89,69 @@ async fn a_connection_is_reused_without_a_round_trip_and_replaced_once_broken() 
         replaced,
         "the new connection is reused in turn"
     );
+}
+
+#[tokio::test]
+async fn the_pool_recovers_after_redis_restarts() {
+    sluice_tests::init_logs();
+    let redis = sluice_tests::chaos::redis::ChaosRedis::start(&[]).await;
+    let pool = connect::pool(&redis.url(), 4).expect("pool");
+    // Four connections in the pool, all idle.
+    let held: Vec<_> = futures_util::future::join_all((0..4).map(|_| pool.get())).await;
+    drop(held);
+    let before = client_id(&pool).await.expect("before");
+    redis.restart().await;
+    // The pooled connections sat idle through the restart: each is checked
+    // before it is handed out, so no caller sees the dead ones.
+    tokio::time::sleep(sluice_broker::pool::IDLE_CHECK).await;
+    let mut results = Vec::new();
+    for _ in 0..8 {
+        results.push(client_id(&pool).await.map_err(|e| e.to_string()));
+    }
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_ne!(results[0], Ok(before), "a new connection");
+}
+
+#[tokio::test]
+async fn one_dropped_connection_gets_the_others_checked() {
+    sluice_tests::init_logs();
+    let redis = RedisFixture::start().await;
+    let mut admin = redis.conn().await;
+    let pool = connect::pool(&redis.url(), 4).expect("pool");
+    // Two connections in use, then Redis drops both (as a restart would).
+    let mut a = pool.get().await.expect("a");
+    let mut b = pool.get().await.expect("b");
+    let ids: Vec<i64> = vec![
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut a)
+            .await
+            .expect("a id"),
+        redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut b)
+            .await
+            .expect("b id"),
+    ];
+    for id in &ids {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(*id)
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT KILL");
+    }
+    // The caller of `a` finds it dropped; `b`, though used a moment ago, is
+    // then checked before anyone gets it.
+    let failed: Result<i64, _> = redis::cmd("CLIENT").arg("ID").query_async(&mut a).await;
+    assert!(failed.is_err(), "a was killed");
+    drop(a);
+    drop(b);
+    for _ in 0..4 {
+        let id = client_id(&pool)
+            .await
+            .expect("only live connections are handed out");
+        assert!(!ids.contains(&id), "{id} was killed");
+    }
 }
