@@ -30,13 +30,15 @@ step "headless Chromium and chromedriver (dashboard browser test)"
 ensure_pkg chromium chromium
 ensure_pkg chromedriver chromium-driver
 
-step "Python packages (tests/python: producer over FCALL, k8s manifest validator)"
+step "Python packages (tests/python: producer over FCALL, k8s manifest validator, third-party SSE/WebSocket clients)"
 py=${SLUICE_PYTHON:-python3}
-if "$py" -c 'import redis, msgpack, kubernetes_validate' >/dev/null 2>&1; then
-  echo "redis, msgpack and kubernetes-validate are installed"
+if "$py" -c 'import redis, msgpack, kubernetes_validate, sseclient, httpx, httpx_sse, websockets, requests' >/dev/null 2>&1; then
+  echo "redis, msgpack, kubernetes-validate and the client libraries are installed"
 else
   "$py" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-    'redis>=5,<9' 'msgpack>=1,<2' 'kubernetes-validate>=1.30'
+    'redis>=5,<9' 'msgpack>=1,<2' 'kubernetes-validate>=1.30' \
+    'sseclient-py>=1.8,<2' 'requests>=2.28,<3' 'httpx>=0.27,<1' 'httpx-sse>=0.4,<0.5' \
+    'websockets>=13,<18'
 fi
 
 step "compose stack images (release build on the host, then offline images)"

@@ -218,7 +218,7 @@ impl StatsSession {
     async fn step(&mut self) -> Option<Bytes> {
         if !self.started {
             self.started = true;
-            return Some(Bytes::from_static(b"retry: 1000\n\n"));
+            return Some(Bytes::from_static(b"retry: 1000\n"));
         }
         let draining = self.status.draining.clone();
         // Cancel-safety: `tick` is cancel-safe; a frame being built when the

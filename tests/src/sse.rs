@@ -150,9 +150,14 @@ impl SseFrame {
     }
 }
 
-/// Whole frames from an SSE body fed in pieces of any size. A block of
-/// lines ended by a blank line is one frame, whatever it holds (an event, a
-/// comment, a `retry:`).
+/// Frames from an SSE body fed in pieces of any size: every block of
+/// lines ended by a blank line that holds an event field (`id`, `event`,
+/// `data`) is one frame, as a parser dispatches it; and a comment or a
+/// `retry:` that comes outside such a block (the heartbeat `: hb`, the
+/// opening `retry:`) is a frame of its own as soon as its line is read, so
+/// tests can wait for them. The edge never ends those with a blank line: a
+/// block of only `retry:`, or a blank line after an id, is an empty event to
+/// parsers such as httpx-sse.
 #[derive(Debug, Default)]
 pub struct SseDecoder {
     lines: SseLines,
@@ -165,21 +170,39 @@ impl SseDecoder {
     /// Feeds body bytes. False when a line grew past [`MAX_LINE`].
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
         let (frame, started, ready) = (&mut self.frame, &mut self.started, &mut self.ready);
-        self.lines.feed(bytes, |line| {
-            if line == SseLine::End {
+        self.lines.feed(bytes, |line| match line {
+            SseLine::End => {
                 if std::mem::take(started) {
                     ready.push_back(std::mem::take(frame));
                 }
-            } else {
+            }
+            SseLine::Comment(_) | SseLine::Field(b"retry", _) if !*started => {
+                let mut advice = SseFrame::default();
+                advice.add(line);
+                ready.push_back(advice);
+            }
+            line => {
                 *started = true;
                 frame.add(line);
             }
         })
     }
 
-    /// The next complete frame, if the bytes fed so far hold one.
+    /// The next frame (an event, or a comment or `retry:` outside one), if
+    /// the bytes fed so far hold one.
     pub fn next_frame(&mut self) -> Option<SseFrame> {
         self.ready.pop_front()
+    }
+
+    /// The next block a parser dispatches (one with an `id`, `event` or
+    /// `data` field), skipping comments and `retry:` lines outside blocks.
+    pub fn next_dispatched(&mut self) -> Option<SseFrame> {
+        while let Some(f) = self.ready.pop_front() {
+            if f.id.is_some() || f.event.is_some() || f.data.is_some() {
+                return Some(f);
+            }
+        }
+        None
     }
 }
 
@@ -352,7 +375,7 @@ impl SseClient {
     /// take the stream (connection limit, connect rate, draining, backend
     /// unreachable) answers an event-stream request with a 200 whose body
     /// is only a comment and a `retry:`, and ends it, so that browsers
-    /// retry. Neither is dispatched as a frame: such a stream yields none.
+    /// retry. No parser dispatches an event from it.
     pub fn refused(&self) -> Option<&str> {
         self.headers.get(REFUSED)?.to_str().ok()
     }
@@ -575,6 +598,44 @@ mod tests {
         for piece in [1, 2, 5, wire.len()] {
             assert_eq!(frames(wire, piece), want, "pieces of {piece}");
         }
+    }
+
+    #[test]
+    fn advice_without_blank_lines_is_read_at_once() {
+        // The edge's wire: the opening `retry:` and heartbeats end with no
+        // blank line, and the next event's block follows them.
+        let wire = b"retry: 1500\n: hb\n: hb\nid: 3\nevent: progress\ndata: {}\n\n: hb\n";
+        let want = vec![
+            SseFrame {
+                retry: Some(1500),
+                ..SseFrame::default()
+            },
+            SseFrame {
+                comment: Some("hb".into()),
+                ..SseFrame::default()
+            },
+            SseFrame {
+                comment: Some("hb".into()),
+                ..SseFrame::default()
+            },
+            SseFrame {
+                id: Some("3".into()),
+                event: Some("progress".into()),
+                data: Some("{}".into()),
+                ..SseFrame::default()
+            },
+            SseFrame {
+                comment: Some("hb".into()),
+                ..SseFrame::default()
+            },
+        ];
+        for piece in [1, 2, 5, wire.len()] {
+            assert_eq!(frames(wire, piece), want, "pieces of {piece}");
+        }
+        let mut d = SseDecoder::default();
+        assert!(d.feed(wire));
+        assert_eq!(d.next_dispatched().and_then(|f| f.id), Some("3".into()));
+        assert_eq!(d.next_dispatched(), None);
     }
 
     #[test]

@@ -221,6 +221,13 @@ fn body(session: Session<SseFrames>) -> impl Stream<Item = Result<Bytes, Infalli
 
 /// SSE framing: every write becomes the next body chunk. The peer cannot
 /// speak, so only hyper dropping the body ends a session from its side.
+///
+/// A blank line only ever ends an event that has data. The opening and
+/// draining `retry:` and the heartbeat comment end without one: EventSource
+/// applies `retry:` and skips a comment as it reads the line, while common
+/// parsers turn a blank line after them into an event with empty data
+/// (httpx-sse does after any `retry:`, and after every heartbeat once an
+/// event had an id), and `json.loads("")` then fails in the client.
 pub struct SseFrames {
     next: Option<Bytes>,
     /// A stream of many tasks: the cursor its frames carry as `id:`.
@@ -236,11 +243,12 @@ struct CursorState {
 }
 
 impl SseFrames {
-    /// Starts with a jittered `retry:`, so reconnects spread.
+    /// Starts with a jittered `retry:`, so reconnects spread. Like every
+    /// line but an event's, it ends with no blank line (see [`SseFrames`]).
     fn start(cursor: Option<CursorState>) -> Self {
         let ms = rand::rng().random_range(RETRY_MS);
         SseFrames {
-            next: Some(Bytes::from(format!("retry: {ms}\n\n"))),
+            next: Some(Bytes::from(format!("retry: {ms}\n"))),
             cursor,
         }
     }
@@ -279,7 +287,7 @@ impl Framing for SseFrames {
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
-        self.next = Some(Bytes::from_static(b": hb\n\n"));
+        self.next = Some(Bytes::from_static(b": hb\n"));
         Ok(())
     }
 
@@ -294,7 +302,7 @@ impl Framing for SseFrames {
     async fn finish(&mut self, end: End) {
         if end == End::Draining {
             let ms = rand::rng().random_range(DRAIN_RETRY_MS);
-            self.next = Some(Bytes::from(format!("retry: {ms}\n\n")));
+            self.next = Some(Bytes::from(format!("retry: {ms}\n")));
         }
     }
 }

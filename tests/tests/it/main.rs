@@ -14,6 +14,7 @@ mod cors;
 mod fuzz_inputs;
 mod held_memory;
 mod hostile;
+mod interop;
 mod k8s_manifests;
 mod load_smoke;
 mod lost_writes;

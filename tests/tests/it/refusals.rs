@@ -69,7 +69,7 @@ async fn sse_refusal(resp: reqwest::Response) -> SseRefusal {
         .unwrap_or_else(|| panic!("a retry: line: {body:?}"));
     let mut d = SseDecoder::default();
     assert!(d.feed(body.as_bytes()));
-    assert_eq!(d.next_frame(), None, "nothing is dispatched: {body:?}");
+    assert_eq!(d.next_dispatched(), None, "nothing is dispatched: {body:?}");
     SseRefusal {
         reason: reason.to_owned(),
         retry_ms,
@@ -127,10 +127,10 @@ async fn connection_limit_refuses_event_sources_with_a_retry() {
         let r = sse_refusal(get(&url, Some(accept)).await).await;
         assert_retry(&r, "too_many_connections", 1_000..=5_000);
     }
-    // The harness's client sees the refusal by its header, and no frame.
+    // The harness's client sees the refusal by its header, and no event.
     let mut c = SseClient::connect(&url, None).await;
     assert_eq!((c.status, c.refused()), (200, Some("too_many_connections")));
-    assert!(c.next_frame(T).await.is_none(), "the refusal ends at once");
+    assert!(c.next_event(T).await.is_none(), "the refusal ends at once");
     // Anything else keeps the 503.
     for accept in [None, Some("application/json"), Some("*/*")] {
         let (code, retry_after) = json_refusal(get(&url, accept).await).await;
