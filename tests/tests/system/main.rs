@@ -12,6 +12,7 @@
 
 mod browser;
 mod compose;
+mod cross_origin;
 mod dashboard;
 mod event_sources;
 mod many_tasks;
