@@ -7,6 +7,7 @@ mod publish;
 mod snapshot;
 mod status;
 mod tail;
+mod tls;
 mod token;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print a subscriber token (HS256 JWT) for the given tasks/patterns.
     Token(token::TokenArgs),
+    /// Write a self-signed certificate and key (one PEM, HAProxy's format)
+    /// for trying TLS and HTTP/2 at the load balancer.
+    TlsCert(tls::TlsCertArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,5 +50,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run(&cli.redis, a).await,
         Command::Demo(a) => demo::run(&cli.redis, a).await,
         Command::Token(a) => token::run(a),
+        Command::TlsCert(a) => tls::run(a),
     }
 }

@@ -67,6 +67,9 @@ impl Driver {
                     "--headless=new", "--no-sandbox", "--disable-gpu",
                     "--disable-dev-shm-usage", "--window-size=1440,1200",
                     "--no-first-run", "--disable-extensions",
+                    // The compose stack's TLS bind has a self-signed
+                    // certificate (loopback only).
+                    "--ignore-certificate-errors",
                 ],
             },
             "goog:loggingPrefs": {"browser": "ALL"},

@@ -106,6 +106,7 @@ impl Stack {
             .args(["-p", &self.project])
             .args(args)
             .env("SLUICE_HTTP_PORT", "0")
+            .env("SLUICE_HTTPS_PORT", "0")
             .env("SLUICE_ADMIN_PORT", "0")
             .env("SLUICE_STATS_PORT", "0")
             .env("SLUICE_REDIS_PORT", "0")

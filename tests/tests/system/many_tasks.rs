@@ -18,6 +18,11 @@
 //!    The serving edge is killed (abrupt close), then the next one is
 //!    stopped with SIGTERM (it drains: close 1012). Every task gets every
 //!    seq exactly once, in order, ending with its final event.
+//! 3. **HTTP/2 at the load balancer** (the TLS bind, ALPN `h2`): the page,
+//!    loaded over HTTP/2, opens twelve EventSources at once, one task each,
+//!    and fetches a snapshot beside them. Over HTTP/1.1 Chromium would hold
+//!    every stream past the sixth (and the fetch) until one closed; over
+//!    HTTP/2 all of them share one connection and all are live at once.
 //!
 //! The pages are served by the edges themselves through HAProxy (`/healthz`,
 //! the scripts injected), so the EventSource and the WebSocket are
@@ -580,8 +585,126 @@ async fn many_tasks_on_one_connection_in_chromium_while_edges_die() {
         phase.elapsed()
     );
 
+    // --- 3. HTTP/2 at the load balancer: more streams than HTTP/1.1 allows
+    let phase = Instant::now();
+    let tls = stack.port("haproxy", 8443).await;
+    client
+        .goto(&format!("https://{tls}/healthz"))
+        .await
+        .expect("open a page of the TLS bind's origin");
+    let proto = js(
+        &client,
+        "performance.getEntriesByType('navigation')[0].nextHopProtocol",
+    )
+    .await;
+    assert_eq!(
+        proto,
+        json!("h2"),
+        "HAProxy's TLS bind speaks HTTP/2 (ALPN)"
+    );
+    let names: Vec<String> = (0..H2_STREAMS)
+        .map(|i| unique_task(&format!("h2s{i}")))
+        .collect();
+    for t in &names {
+        for n in 1..=3u64 {
+            let seq = publisher
+                .publish(t, "progress", &json!({ "i": n }))
+                .await
+                .expect("publish to the stack's Redis");
+            assert_eq!(seq, n);
+        }
+    }
+    assert_eq!(
+        js(&client, &h2_page(&names)).await,
+        json!(H2_STREAMS),
+        "one EventSource per task"
+    );
+    // All of them live at once, and a fetch beside them: over HTTP/1.1 the
+    // browser would hold every stream past the sixth, and the fetch, until
+    // a stream closed.
+    let v = wait_page(
+        &client,
+        "every EventSource of the page live at once, and a fetch answered",
+        H2_SUM,
+        |v| num(v, "complete") == H2_STREAMS as u64 && v["fetched"] == json!(3),
+        h2_broken,
+    )
+    .await;
+    for t in &names {
+        let opts = PublishOptions {
+            is_final: true,
+            idempotency_key: None,
+        };
+        let p = publisher
+            .publish_with(t, "done", &json!({ "events": 3 }), opts)
+            .await
+            .expect("final publish");
+        assert_eq!(p.seq, 4);
+    }
+    wait_page(
+        &client,
+        "every stream at its final event",
+        H2_SUM,
+        |v| num(v, "finals") == H2_STREAMS as u64,
+        h2_broken,
+    )
+    .await;
+    println!(
+        "HTTP/2: {H2_STREAMS} EventSources and a fetch on one origin at once through HAProxy's h2 bind ({v}), in {:?}",
+        phase.elapsed()
+    );
+
     client.close().await.expect("close the browser");
     drop(driver);
     drop(stack);
     println!("many-tasks browser test done in {:?}", t0.elapsed());
+}
+
+/// EventSources opened at once by the HTTP/2 part: twice the six
+/// connections a browser opens per origin over HTTP/1.1.
+const H2_STREAMS: usize = 12;
+
+/// One EventSource per task (`?after=0`), each recording its seqs, and a
+/// snapshot fetch of the first task once they are all open.
+fn h2_page(names: &[String]) -> String {
+    format!(
+        "(function() {{
+            const names = {names};
+            window.__h2 = names.map(name => {{
+                const s = {{ name, seqs: [], final: false, errors: 0 }};
+                s.es = new EventSource('/v1/tasks/' + name + '/events?after=0');
+                const on = ev => {{
+                    const env = JSON.parse(ev.data);
+                    s.seqs.push(env.seq);
+                    if (env.final) {{ s.final = true; s.es.close(); }}
+                }};
+                s.es.addEventListener('progress', on);
+                s.es.addEventListener('done', on);
+                s.es.addEventListener('error', () => s.errors++);
+                return s;
+            }});
+            window.__h2fetched = null;
+            fetch('/v1/tasks/' + names[0]).then(r => r.json())
+                .then(j => {{ window.__h2fetched = j.seq; }})
+                .catch(e => {{ window.__h2fetched = String(e); }});
+            return window.__h2.length;
+        }})()",
+        names = json!(names)
+    )
+}
+
+const H2_SUM: &str = "({ complete: window.__h2.filter(s => s.seqs.length >= 3 \
+                      && s.seqs.slice(0, 3).join() === '1,2,3').length, \
+                      finals: window.__h2.filter(s => s.final && s.seqs.join() === '1,2,3,4').length, \
+                      errors: window.__h2.reduce((a, s) => a + s.errors, 0), \
+                      bad: window.__h2.filter(s => s.seqs.join() !== \
+                      [1, 2, 3, 4].slice(0, s.seqs.length).join()).map(s => s.name + ':' + s.seqs), \
+                      fetched: window.__h2fetched })";
+
+/// A stream that got a seq out of order or twice.
+fn h2_broken(v: &Value) -> Option<String> {
+    match v["bad"].as_array() {
+        Some(bad) if !bad.is_empty() => Some(format!("streams out of order: {v}")),
+        _ => None,
+    }
 }
