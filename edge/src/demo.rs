@@ -8,6 +8,7 @@ use sluice_broker::PublishOptions;
 use sluice_shared::TaskId;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Names of the demo tasks (the round number is appended).
@@ -17,19 +18,28 @@ pub const DEMO_TASKS: [(&str, u64); 3] = [
     ("demo-training", 400),
 ];
 
-/// Publishes progress for every demo task until `cancel` fires.
-pub async fn run(store: Arc<dyn Store>, cancel: CancellationToken) {
+/// Publishes progress for every demo task until `cancel` fires. Its
+/// publishes count in `events_published` like the HTTP API's: they are
+/// publishes through this node.
+pub async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, cancel: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
     for (name, step_ms) in DEMO_TASKS {
-        let store = store.clone();
+        let (store, metrics) = (store.clone(), metrics.clone());
         let cancel = cancel.clone();
-        tasks.spawn(async move { one(store, name, Duration::from_millis(step_ms), cancel).await });
+        let step = Duration::from_millis(step_ms);
+        tasks.spawn(async move { one(store, metrics, name, step, cancel).await });
     }
     cancel.cancelled().await;
     tasks.shutdown().await;
 }
 
-async fn one(store: Arc<dyn Store>, name: &str, step: Duration, cancel: CancellationToken) {
+async fn one(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    name: &str,
+    step: Duration,
+    cancel: CancellationToken,
+) {
     let mut round = 1u64;
     loop {
         let Ok(task) = TaskId::parse(&format!("{name}-{round}")) else {
@@ -43,8 +53,11 @@ async fn one(store: Arc<dyn Store>, name: &str, step: Duration, cancel: Cancella
                 is_final,
                 idempotency_key: Some(format!("demo-{pct}")),
             };
-            if let Err(e) = store.publish(&task, kind, &data, &opts).await {
-                tracing::debug!(cause = %e, "demo publish failed");
+            match store.publish(&task, kind, &data, &opts).await {
+                Ok(_) => {
+                    metrics.published.inc();
+                }
+                Err(e) => tracing::debug!(cause = %e, "demo publish failed"),
             }
             tokio::select! {
                 biased;

@@ -283,7 +283,7 @@ impl Metrics {
         );
         r.register(
             "events_published",
-            "Events published through this node's HTTP API",
+            "Events published through this node (its HTTP API and the --demo producer)",
             self.published.clone(),
         );
         r.register(

@@ -133,7 +133,11 @@ impl Node {
             AbortOnDropHandle::new(tasks.spawn(async move { store.run_feed(sink, stop).await }))
         };
         if config.demo {
-            tasks.spawn(demo::run(status.store.clone(), stop_rest.clone()));
+            tasks.spawn(demo::run(
+                status.store.clone(),
+                status.metrics.clone(),
+                stop_rest.clone(),
+            ));
         }
         let addr = listener.local_addr()?;
         status.cluster.set_address(registry::advertised(addr));

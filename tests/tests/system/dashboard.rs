@@ -153,6 +153,78 @@ async fn dashboard_in_headless_chromium() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     eprintln!("screenshot saved to {}", shot.display());
 
+    // The first screen tells a newcomer what this is and how to follow a
+    // demo job; its curl line works as printed.
+    let curl = wait_js(
+        &client,
+        "the intro's curl line",
+        "document.getElementById('intro').hidden ? null : document.getElementById('try-curl').textContent",
+        |v| {
+            v.as_str()
+                .is_some_and(|s| s.starts_with("curl -N http://") && s.contains("/v1/tasks/demo-"))
+        },
+    )
+    .await;
+    let line = curl.as_str().unwrap_or_default();
+    let target = line.trim_start_matches("curl -N ");
+    assert!(
+        target.starts_with(&demo.url("/v1/tasks/")),
+        "the page's own origin: {line}"
+    );
+    let js_line = js(&client, "document.getElementById('try-js').textContent").await;
+    assert!(
+        js_line
+            .as_str()
+            .is_some_and(|s| s.starts_with("new EventSource(") && s.contains(target)),
+        "{js_line}"
+    );
+    {
+        let mut follow = sluice_tests::SseClient::connect(target, None).await;
+        assert_eq!(follow.status, 200, "{line}");
+        assert!(
+            follow.next_event(T).await.is_some(),
+            "the intro's stream carries the demo job's events"
+        );
+    }
+    // The counters count the demo's publishes.
+    wait_js(
+        &client,
+        "the demo's publishes counted",
+        "document.getElementById('c-published').textContent",
+        |v| v.as_str().is_some_and(|t| t != "0" && t != "–"),
+    )
+    .await;
+
+    // At phone width nothing scrolls sideways.
+    client
+        .set_window_size(390, 844)
+        .await
+        .expect("phone-sized window");
+    let widths = wait_js(
+        &client,
+        "no sideways scrolling at 390 px",
+        "({ page: document.documentElement.scrollWidth, view: window.innerWidth })",
+        |v| {
+            v["page"].as_u64().is_some_and(|p| {
+                v["view"]
+                    .as_u64()
+                    .is_some_and(|w| w > 0 && w <= 400 && p <= w)
+            })
+        },
+    )
+    .await;
+    let phone = client.screenshot().await.expect("phone screenshot");
+    let shot = artifacts().join("dashboard-phone.png");
+    std::fs::write(&shot, &phone).expect("write screenshot");
+    eprintln!(
+        "phone-width screenshot ({widths}) saved to {}",
+        shot.display()
+    );
+    client
+        .set_window_size(1440, 1200)
+        .await
+        .expect("desktop-sized window");
+
     publish(100, true).await;
     wait_js(&client, "bar complete", &bar_pct(&task), |v| v == 100).await;
     wait_js(
