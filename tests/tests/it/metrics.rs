@@ -404,3 +404,119 @@ async fn metrics_after_a_known_workload() {
     }
     assert!(!text.contains(&task), "no task id in metric labels");
 }
+
+/// `deploy/grafana/sluice-edges.json` stays true to the edge: it loads as
+/// a dashboard, and every metric its queries name is a series the edge
+/// exports (a family plus an OpenMetrics suffix), with the labels the
+/// queries group or filter by, and `transport`/`reason`/`op` matchers use
+/// the values the README lists.
+#[tokio::test]
+async fn grafana_dashboard_queries_name_exported_metrics() {
+    sluice_tests::init_logs();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/sluice-edges.json");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("the dashboard is JSON");
+    assert!(dashboard["title"].is_string() && dashboard["uid"].is_string());
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("every target has an expr")
+                .to_owned()
+        })
+        .collect();
+    assert!(exprs.len() >= panels.len(), "every panel has a query");
+
+    // A Redis edge with some traffic, so the per-shard lag is reported.
+    let (_redis, edge) = TestEdge::redis()
+        .args(&["--publish-key", "pk"])
+        .start()
+        .await;
+    let client = reqwest::Client::new();
+    let task = unique_task("grafana");
+    let url = edge.url(&format!("/v1/tasks/{task}/events"));
+    let mut c = SseClient::connect(&url, None).await;
+    client
+        .post(&url)
+        .bearer_auth("pk")
+        .json(&json!({"type": "p", "data": 1}))
+        .send()
+        .await
+        .expect("post");
+    assert!(c.next_event(T).await.is_some());
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    sluice_tests::wait_until("the feed lag exported", T, || {
+        let (client, metrics, text) = (client.clone(), edge.url("/metrics"), text.clone());
+        async move {
+            let Ok(r) = client.get(&metrics).send().await else {
+                return false;
+            };
+            let body = r.text().await.unwrap_or_default();
+            let ok = body.contains("sluice_edge_feed_lag{");
+            *text.lock().unwrap_or_else(|p| p.into_inner()) = body;
+            ok
+        }
+    })
+    .await;
+    let text = text.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let e = Exposition::parse(&text);
+
+    let allowed_values: [(&str, &[&str]); 3] = [
+        ("transport", &["sse", "ws"]),
+        (
+            "reason",
+            &[
+                "connection_limit",
+                "connect_rate",
+                "draining",
+                "unauthorized",
+                "forbidden",
+                "bad_request",
+                "unavailable",
+            ],
+        ),
+        ("op", &["publish", "snapshot", "history", "ping"]),
+    ];
+    for expr in &exprs {
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("sluice_edge_"))
+            .collect();
+        assert!(!names.is_empty(), "a query of no Sluice metric: {expr}");
+        for name in names {
+            let family = SUFFIXES
+                .iter()
+                .find_map(|s| {
+                    let f = name.strip_suffix(s)?;
+                    e.types.contains_key(f).then_some(f)
+                })
+                .unwrap_or_else(|| panic!("{name} (in {expr}) is not exported"));
+            // Labels the query groups by must exist on the series (`le` on
+            // buckets included). A labelled family has series only once a
+            // label set was used (no refusal, no Redis error yet): those
+            // are checked by name only.
+            if let Some(by) = expr.split("by (").nth(1).and_then(|r| r.split(')').next()) {
+                for label in by.split(',').map(str::trim) {
+                    assert!(
+                        e.series(name).next().is_none()
+                            || e.series(name).any(|(l, _)| l.contains_key(label)),
+                        "{name} (family {family}) has no label {label:?} to group by: {expr}"
+                    );
+                }
+            }
+        }
+        for (label, values) in allowed_values {
+            let needle = format!("{label}=\"");
+            for rest in expr.split(&needle).skip(1) {
+                let value = rest.split('"').next().unwrap_or_default();
+                assert!(values.contains(&value), "{label}=\"{value}\" in {expr}");
+            }
+        }
+    }
+}

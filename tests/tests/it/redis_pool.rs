@@ -99,7 +99,7 @@ async fn the_pool_recovers_after_redis_restarts() {
     // Four connections in the pool, all idle.
     let held: Vec<_> = futures_util::future::join_all((0..4).map(|_| pool.get())).await;
     drop(held);
-    let before = client_id(&pool).await.expect("before");
+    client_id(&pool).await.expect("before");
     redis.restart().await;
     // The pooled connections sat idle through the restart: each is checked
     // before it is handed out, so no caller sees the dead ones.
@@ -108,8 +108,9 @@ async fn the_pool_recovers_after_redis_restarts() {
     for _ in 0..8 {
         results.push(client_id(&pool).await.map_err(|e| e.to_string()));
     }
+    // A dead connection handed out would fail its command (CLIENT IDs
+    // start over after a restart, so they cannot tell old from new).
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_ne!(results[0], Ok(before), "a new connection");
 }
 
 #[tokio::test]
