@@ -1398,6 +1398,48 @@ async fn latest_mode_sends_the_newest_event_per_interval_and_every_final() {
     assert_eq!(connect(&url, Some(&last)).await.status, 204);
 }
 
+/// Latest-value mode never holds a final event back until the next tick:
+/// with `interval=60s`, a task's final event reaches the client within the
+/// harness's 10 s read timeout (held, it would come at the tick, after the
+/// timeout), after the newest progress of that task and alone ending it,
+/// while the other task of the stream stays open; then that one's final
+/// ends the stream.
+#[tokio::test]
+async fn latest_mode_never_holds_a_final_back() {
+    sluice_tests::init_logs();
+    let (redis, edge) = TestEdge::redis().start().await;
+    let p = publisher(&redis).await;
+    let tasks: Vec<String> = (0..2).map(|i| unique_task(&format!("fin{i}"))).collect();
+    let url = stream_url(&edge, &tasks, "mode=latest&interval=60s");
+    let mut s = connect(&url, None).await;
+    assert_eq!(s.status, 200, "{:?}", s.body);
+    let mut got = Received::new(&tasks);
+    for round in 0..2 {
+        let (t, other) = (&tasks[round], &tasks[1 - round]);
+        for i in 1..=5 {
+            for open in &tasks[round..] {
+                p.publish(open, "progress", &json!({ "i": i }))
+                    .await
+                    .expect("publish");
+            }
+        }
+        p.finish(t, "done", &json!({})).await.expect("finish");
+        got.until(&mut s, |g| g.ended.contains(t)).await;
+        let seqs = got.seqs(t);
+        assert_eq!(
+            seqs.last(),
+            Some(&(5 * (round as u64 + 1) + 1)),
+            "{t}: {seqs:?}"
+        );
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{t}: {seqs:?}");
+        if round == 0 {
+            assert!(!got.ended.contains(other), "{other} is still open");
+        }
+    }
+    got.until_it_ends(&mut s).await;
+    assert_eq!(got.ended.len(), 2);
+}
+
 /// `sluice_edge_connection_subscriptions` (tasks per connection, observed
 /// when it closes): an SSE stream of three tasks (one named twice) counts
 /// 3; a WebSocket that followed at most two at once counts 2.
