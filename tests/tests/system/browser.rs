@@ -15,7 +15,10 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// Generous: a cold Chromium on a loaded 2-core machine.
 pub const T: Duration = Duration::from_secs(60);
 
-/// chromedriver on a free loopback port, killed on drop.
+/// chromedriver on a free loopback port, in a process group of its own:
+/// on drop the whole group is killed, the browsers it started with it (a
+/// test that panics before closing its session must not leave a Chromium
+/// running).
 pub struct Driver {
     child: tokio::process::Child,
     url: String,
@@ -36,6 +39,7 @@ impl Driver {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
+            .process_group(0)
             .spawn()
             .expect("start chromedriver");
         let url = format!("http://127.0.0.1:{port}");
@@ -107,6 +111,14 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // The group's id is chromedriver's pid (`process_group(0)`).
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.start_kill();
     }
 }

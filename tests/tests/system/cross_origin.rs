@@ -165,6 +165,8 @@ async fn a_page_on_an_allowed_origin_streams_and_fetches_another_does_not() {
         "the browser says why: {console:#?}"
     );
 
+    client.close().await.expect("close the browser");
+    drop(driver);
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
 }
