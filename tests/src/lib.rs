@@ -52,5 +52,5 @@ pub use checker::DeliveryLog;
 pub use edge::{spawn_edge, EdgeHandle, TestEdge};
 pub use redis_fixture::RedisFixture;
 pub use sse::{SseClient, SseFrame};
-pub use util::{free_port, init_logs, unique_task, wait_until};
+pub use util::{free_port, init_logs, python, unique_task, wait_until};
 pub use ws::{WsClient, WsItem};

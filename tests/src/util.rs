@@ -50,3 +50,9 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The Python interpreter of the tests that run a script: `SLUICE_PYTHON`,
+/// else `python3` (tests/setup.sh installs the packages they import).
+pub fn python() -> String {
+    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}

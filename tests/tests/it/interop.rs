@@ -18,16 +18,12 @@ use sluice_tests::TestEdge;
 
 const KEY: &str = "interop-publish-key";
 
-fn python() -> String {
-    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/interop_clients.py")
 }
 
 async fn run_clients(base: &str, clients: &[&str]) -> Vec<Value> {
-    let py = python();
+    let py = sluice_tests::python();
     let probe = tokio::process::Command::new(&py)
         .args([
             "-c",

@@ -7,16 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn python() -> String {
-    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn validate(dir: &Path) -> Output {
-    let py = python();
+    let py = sluice_tests::python();
     let probe = Command::new(&py)
         .args(["-c", "import kubernetes_validate, yaml"])
         .output()

@@ -16,17 +16,13 @@ use sluice_tests::{unique_task, DeliveryLog, RedisFixture, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(10);
 
-fn python() -> String {
-    std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
-}
-
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/producer.py")
 }
 
 /// Runs the producer script; returns its JSON lines.
 fn run_producer(args: &[&str]) -> Vec<Value> {
-    let py = python();
+    let py = sluice_tests::python();
     let probe = Command::new(&py)
         .args(["-c", "import redis, msgpack"])
         .output()

@@ -11,14 +11,20 @@ async fn client_id(pool: &connect::RedisPool) -> Result<i64, redis::RedisError> 
     redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await
 }
 
-/// `calls` of one command in Redis's own statistics.
-async fn calls(conn: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
+/// One section of `INFO`.
+async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
         .query_async(conn)
         .await
-        .expect("INFO");
-    info.lines()
+        .expect("INFO")
+}
+
+/// `calls` of one command in Redis's own statistics.
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
+    info(conn, "commandstats")
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
@@ -26,12 +32,9 @@ async fn calls(conn: &mut redis::aio::MultiplexedConnection, cmd: &str) -> u64 {
 }
 
 async fn connections_received(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(conn)
+    info(conn, "stats")
         .await
-        .expect("INFO");
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("total_connections_received:"))
         .and_then(|n| n.trim().parse().ok())
         .expect("total_connections_received")
