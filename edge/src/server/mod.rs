@@ -20,11 +20,18 @@
 //! HTTP/1.1 only: HTTP/2 is for the load balancer to terminate (with TLS),
 //! a cleartext HTTP/2 preface is refused like any malformed request.
 //!
+//! A connection's first request head is read here: an event stream is
+//! served on the stream path ([`stream`]: the router, then the answer
+//! written straight to the socket, no HTTP dispatcher or buffers held
+//! while it streams); any other request, with the bytes already read, and
+//! everything after it on that connection, goes to hyper.
+//!
 //! Each connection is served on the node's [`Tasks`]; on `stop` the loop
 //! stops accepting and every connection is shut down gracefully (an
 //! in-flight response completes, keep-alive ends).
 
 pub mod io;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,7 +45,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
+use tokio::io::AsyncWriteExt as _;
+
 use self::io::{Guarded, Peer, Slot};
+use self::stream::{Prefixed, Sniffed};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 
@@ -171,7 +181,9 @@ pub async fn serve(
     tracing::debug!(open = conns.open(), "stopped accepting");
 }
 
-/// Serves one connection until it ends, or gracefully ends it on `stop`.
+/// Serves one connection until it ends, or gracefully ends it on `stop`:
+/// stream requests on the stream path ([`stream`]) for as long as they
+/// come, then everything else through the HTTP layer.
 async fn connection(
     stream: TcpStream,
     slot: Slot,
@@ -182,13 +194,71 @@ async fn connection(
     stop: CancellationToken,
 ) {
     let peer = Arc::new(Peer::default());
-    let io = Guarded::new(
+    let mut io = Guarded::new(
         stream,
         limits.write_timeout,
         peer.clone(),
         metrics.clone(),
         Some(slot),
     );
+    let read = loop {
+        // Counted from when the connection opened or the previous
+        // response ended, as the HTTP layer counts it.
+        let head = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            head = tokio::time::timeout(limits.head_timeout, stream::read_head(&mut io)) => head,
+        };
+        let (mut request, close) = match head {
+            Err(_elapsed) => {
+                metrics.head_timeouts.inc();
+                tracing::debug!("no request head within the head timeout");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(cause = %e, "connection ended before a request");
+                return;
+            }
+            Ok(Ok(Sniffed::Closed)) => return,
+            Ok(Ok(Sniffed::Other(read))) => break read,
+            Ok(Ok(Sniffed::Stream { request, close })) => (request, close),
+        };
+        request.extensions_mut().insert(peer.clone());
+        match stream::respond(&mut io, &app, *request, close).await {
+            Ok(true) if !stop.is_cancelled() => {}
+            Ok(_) => {
+                let _ = io.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "stream connection ended with an error");
+                return;
+            }
+        }
+    };
+    // Boxed: the HTTP layer's connection state is allocated only for the
+    // connections it serves, not in every stream's task.
+    Box::pin(general(
+        Prefixed::new(read, io),
+        peer,
+        app,
+        http,
+        metrics,
+        stop,
+    ))
+    .await;
+}
+
+/// Serves the rest of a connection through the HTTP layer (hyper), the
+/// bytes already read first.
+async fn general(
+    io: Prefixed<Guarded<TcpStream>>,
+    peer: Arc<Peer>,
+    app: Router,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(peer.clone());
         let app = app.clone();

@@ -1,0 +1,431 @@
+//! The stream path: a connection whose request is an event stream
+//! (`GET /v1/tasks/{task}/events`, `GET /v1/events`) is served here, not
+//! by the general HTTP layer. The request head is read into a buffer of
+//! its own and parsed with `httparse`; the request goes through the same
+//! router (authorization, CORS, extractors, admission: nothing is served
+//! differently), and the answer is written straight to the socket: the
+//! head, then the body as HTTP/1.1 chunks, one `writev` per chunk.
+//!
+//! Once the head is written the connection holds only its socket, the
+//! session (the response body) and a few bytes of state: no read buffer,
+//! no write buffer, no HTTP dispatcher between the session and the socket.
+//! While the body streams the socket is watched for the peer closing it,
+//! which ends the session at once.
+//!
+//! Anything else — another route or method, a head that does not parse, a
+//! request with a body, an upgrade, a head over [`MAX_HEAD`] — is handed to
+//! the HTTP layer (hyper) with the bytes already read
+//! ([`Sniffed::Other`]), which answers it exactly as before, refusals
+//! included. A connection that already served a request through the HTTP
+//! layer stays there (keep-alive): its later stream requests are served
+//! the general way, with the same behaviour and more memory.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use axum::body::{Body, HttpBody as _};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::Router;
+use bytes::{Buf as _, Bytes};
+use futures_util::StreamExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tower::ServiceExt as _;
+
+/// Longest request head read on this path. A longer one goes to the HTTP
+/// layer with the bytes read so far; its own limits and refusals (414,
+/// 431) apply, and its own head timeout from then on.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields (as the HTTP layer: more is a 431 there).
+const MAX_HEADERS: usize = 100;
+/// The head buffer's first size (a browser's stream request with cookies
+/// fits); it grows up to [`MAX_HEAD`].
+const FIRST_READ: usize = 1024;
+/// Longest bodiless answer collected before its head is written.
+const MAX_PLAIN_BODY: usize = 64 * 1024;
+
+/// What the start of a connection (or the next request on it) holds.
+#[derive(Debug)]
+pub enum Sniffed {
+    /// A stream request for the router; `close`: the client asked for the
+    /// connection to close after the response.
+    Stream {
+        request: Box<Request<Body>>,
+        close: bool,
+    },
+    /// Anything else: the bytes read so far, for the HTTP layer.
+    Other(Vec<u8>),
+    /// The peer closed the connection before a whole head arrived.
+    Closed,
+}
+
+/// Reads one request head (the caller bounds it with the head timeout)
+/// and sorts it.
+pub async fn read_head<R: AsyncRead + Unpin>(io: &mut R) -> io::Result<Sniffed> {
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.len());
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(Sniffed::Closed);
+        }
+        match classify(&buf) {
+            Parsed::Partial => {}
+            Parsed::Stream(request, close) => return Ok(Sniffed::Stream { request, close }),
+            Parsed::Other => return Ok(Sniffed::Other(buf)),
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(Sniffed::Other(buf));
+        }
+    }
+}
+
+/// What the bytes read so far hold.
+enum Parsed {
+    /// Not yet a whole head.
+    Partial,
+    /// A stream request, and whether the client asked to close after it.
+    Stream(Box<Request<Body>>, bool),
+    /// Anything the HTTP layer should answer.
+    Other,
+}
+
+fn classify(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        // Bytes after the head (a body, a pipelined request): the HTTP
+        // layer's business.
+        Ok(httparse::Status::Complete(len)) if len == buf.len() => match stream_request(&req) {
+            Some((request, close)) => Parsed::Stream(Box::new(request), close),
+            None => Parsed::Other,
+        },
+        Ok(httparse::Status::Complete(_)) | Err(_) => Parsed::Other,
+    }
+}
+
+/// The router's request for a stream head, with whether the client asked
+/// to close after it; `None` when the head is not a plain stream request.
+fn stream_request(req: &httparse::Request<'_, '_>) -> Option<(Request<Body>, bool)> {
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let path = req.path?;
+    if !is_stream_route(path) {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        if name == header::UPGRADE
+            || name == header::TRANSFER_ENCODING
+            || name == header::EXPECT
+            || (name == header::CONTENT_LENGTH && value != "0")
+        {
+            return None;
+        }
+        if name == header::CONNECTION {
+            close |= value
+                .to_str()
+                .ok()?
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        }
+        headers.append(name, value);
+    }
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = path.parse::<Uri>().ok()?;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some((request, close))
+}
+
+/// The routes served on this path: a task's SSE stream and the stream of
+/// many tasks (the query string aside).
+pub fn is_stream_route(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    path == "/v1/events"
+        || path
+            .strip_prefix("/v1/tasks/")
+            .and_then(|rest| rest.strip_suffix("/events"))
+            .is_some_and(|task| !task.is_empty() && !task.contains('/'))
+}
+
+/// Routes `request` and writes the answer to `io`: a body of known length
+/// with `content-length`, a stream as chunks until it ends or the peer
+/// closes. `Ok(true)`: the connection may serve another request.
+pub async fn respond<S>(
+    io: &mut S,
+    app: &Router,
+    request: Request<Body>,
+    close: bool,
+) -> io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let response = match app.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let (parts, body) = response.into_parts();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    if let Some(len) = body.size_hint().exact() {
+        // An answer of known length (an error, a 204): head and body in
+        // one write.
+        let bytes = axum::body::to_bytes(body, MAX_PLAIN_BODY)
+            .await
+            .map_err(io::Error::other)?;
+        debug_assert_eq!(bytes.len() as u64, len);
+        if !parts.status.is_informational()
+            && parts.status != axum::http::StatusCode::NO_CONTENT
+            && parts.status != axum::http::StatusCode::NOT_MODIFIED
+        {
+            head.extend_from_slice(format!("content-length: {}\r\n", bytes.len()).as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(&bytes);
+        io.write_all(&head).await?;
+        return Ok(!close);
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    io.write_all(&head).await?;
+    drop(head);
+    let mut chunks = body.into_data_stream();
+    // The peer says nothing on a stream; a read that returns is its close
+    // (or bytes it should not send, dropped).
+    let mut probe = [0u8; 8];
+    loop {
+        tokio::select! {
+            biased;
+            next = chunks.next() => match next {
+                Some(Ok(chunk)) => write_chunk(io, &chunk).await?,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => break,
+            },
+            read = io.read(&mut probe) => match read? {
+                0 => return Ok(false),
+                _ => continue,
+            },
+        }
+    }
+    io.write_all(b"0\r\n\r\n").await?;
+    Ok(!close)
+}
+
+/// Writes one chunk (`{len:x}\r\n{data}\r\n`) with vectored writes: one
+/// system call when the socket takes it all.
+async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &Bytes) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut prefix = [0u8; 18];
+    let n = chunk_prefix(data.len(), &mut prefix);
+    let mut slices = [
+        IoSlice::new(&prefix[..n]),
+        IoSlice::new(data),
+        IoSlice::new(b"\r\n"),
+    ];
+    let mut slices: &mut [IoSlice<'_>] = &mut slices;
+    while !slices.is_empty() {
+        let written = io.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    Ok(())
+}
+
+/// `{len:x}\r\n` into `out`; its length.
+fn chunk_prefix(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// A socket with bytes already read from it in front: the HTTP layer reads
+/// those first.
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
+        Prefixed {
+            prefix: Bytes::from(prefix),
+            inner,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        buf.put_slice(&self.prefix[..n]);
+        self.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_stream_routes_take_the_stream_path() {
+        for yes in [
+            "/v1/events?task=a&task=b",
+            "/v1/events",
+            "/v1/tasks/t1/events",
+            "/v1/tasks/t1/events?after=3",
+        ] {
+            assert!(is_stream_route(yes), "{yes}");
+        }
+        for no in [
+            "/v1/tasks//events",
+            "/v1/tasks/a/b/events",
+            "/v1/tasks/t1/ws",
+            "/v1/tasks/t1",
+            "/v1/events/x",
+            "/healthz",
+            "/",
+        ] {
+            assert!(!is_stream_route(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn heads_are_sorted() {
+        let stream =
+            b"GET /v1/tasks/t1/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+        assert!(matches!(classify(&stream[..20]), Parsed::Partial));
+        let Parsed::Stream(req, close) = classify(stream) else {
+            panic!("a stream request")
+        };
+        assert_eq!(req.uri(), "/v1/tasks/t1/events");
+        assert_eq!(req.headers()[header::ACCEPT], "text/event-stream");
+        assert!(!close);
+        let closing = b"GET /v1/events?task=a HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n";
+        assert!(matches!(classify(closing), Parsed::Stream(_, true)));
+        for other in [
+            &b"POST /v1/tasks/t1/events HTTP/1.1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"GET /v1/tasks/t1/events HTTP/1.0\r\n\r\n",
+            b"GET /v1/tasks/t1/ws HTTP/1.1\r\n\r\n",
+            b"GET /v1/tasks/t1/events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            b"GET /v1/tasks/t1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /v1/tasks/t1/events HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",
+            b"G@T /v1/events HTTP/1.1\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(
+                matches!(classify(other), Parsed::Other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_prefixes_are_hex_lengths() {
+        let mut out = [0u8; 18];
+        for (len, want) in [
+            (1usize, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (4096, "1000\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let n = chunk_prefix(len, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).expect("ascii"), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_http_layer_reads_the_sniffed_bytes_first() {
+        let (a, mut b) = tokio::io::duplex(64);
+        b.write_all(b" world").await.expect("write");
+        drop(b);
+        let mut io = Prefixed::new(b"hello".to_vec(), a);
+        let mut got = String::new();
+        io.read_to_string(&mut got).await.expect("read");
+        assert_eq!(got, "hello world");
+    }
+}
