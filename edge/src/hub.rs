@@ -1,21 +1,26 @@
 //! The per-node hub: task → local subscribers. The feed reader hands it each
 //! live event once; the hub encodes it once ([`Event`]: shared `Bytes` for
-//! SSE and WebSocket) and offers it to every subscriber with `try_send` into
+//! SSE and WebSocket) and offers it to every subscriber of its task: into
 //! the bounded queue of the subscriber's *connection* (one queue per
 //! connection, however many tasks it follows, each event tagged with its
 //! subscription). It never waits on a client: a full queue flags the
 //! subscription as overflowed, and it catches up from history at its own
 //! pace.
 //!
+//! A connection's queue ([`ConnQueue`]) allocates nothing until its first
+//! event, and wakes the connection only when it goes from empty to not
+//! empty: a connection that is still writing the previous events takes the
+//! next ones in the same batch without another wake-up.
+//!
 //! The lock is a short `std::sync::Mutex` section that never spans an
 //! `.await` and never does I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_shared::{StoredEvent, TaskId};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::store::FeedSink;
@@ -24,28 +29,64 @@ use crate::wire::Event;
 /// One live event for one subscription of a connection (its id).
 pub type Queued = (u64, Arc<Event>);
 
-/// What the hub and one connection share: the connection's queue, and how
-/// the hub tells it that some of its subscriptions must catch up.
+/// Capacity an emptied queue keeps; more is given back (after a burst).
+const KEEP_EMPTY: usize = 16;
+
+/// What the hub and one connection share: the connection's queue of live
+/// events, and how the hub tells it that some of its subscriptions must
+/// catch up. `wake` is notified when the queue stops being empty and when
+/// a subscription is flagged (a permit is kept if the connection is not
+/// waiting yet, so no wake-up is lost).
 #[derive(Debug)]
 pub struct ConnQueue {
-    tx: mpsc::Sender<Queued>,
+    items: Mutex<VecDeque<Queued>>,
+    capacity: usize,
     /// Set with any subscription's `catch_up`.
     pub(crate) flagged: AtomicBool,
     pub(crate) wake: Notify,
 }
 
 impl ConnQueue {
-    /// A connection's queue of `capacity` events and its receiving end.
-    pub fn new(capacity: usize) -> (Arc<ConnQueue>, mpsc::Receiver<Queued>) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        (
-            Arc::new(ConnQueue {
-                tx,
-                flagged: AtomicBool::new(false),
-                wake: Notify::new(),
-            }),
-            rx,
-        )
+    /// A connection's queue of at most `capacity` events.
+    pub fn new(capacity: usize) -> Arc<ConnQueue> {
+        Arc::new(ConnQueue {
+            items: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            flagged: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    fn items(&self) -> MutexGuard<'_, VecDeque<Queued>> {
+        // Sections only push or pop: a poisoned lock holds a consistent
+        // queue.
+        self.items.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends one event; false (and nothing queued) when the queue holds
+    /// its capacity.
+    fn offer(&self, queued: Queued) -> bool {
+        let mut items = self.items();
+        if items.len() >= self.capacity {
+            return false;
+        }
+        let was_empty = items.is_empty();
+        items.push_back(queued);
+        drop(items);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// The oldest queued event.
+    pub fn pop(&self) -> Option<Queued> {
+        let mut items = self.items();
+        let queued = items.pop_front();
+        if items.is_empty() && items.capacity() > KEEP_EMPTY {
+            items.shrink_to(KEEP_EMPTY);
+        }
+        queued
     }
 }
 
@@ -195,13 +236,9 @@ impl Hub {
             if sub.catch_up.load(Ordering::Acquire) {
                 continue;
             }
-            match sub.conn.tx.try_send((sub.id, event.clone())) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.metrics.catchups.inc();
-                    sub.flag();
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if !sub.conn.offer((sub.id, event.clone())) {
+                self.metrics.catchups.inc();
+                sub.flag();
             }
         }
     }
@@ -274,7 +311,7 @@ mod tests {
     fn full_queue_flags_and_never_blocks() {
         let hub = Hub::new(2, Arc::new(Metrics::default()));
         let task = TaskId::parse("t").expect("task");
-        let (queue, mut rx) = ConnQueue::new(hub.queue_capacity());
+        let queue = ConnQueue::new(hub.queue_capacity());
         let reg = hub.register(&task, &queue);
         for s in 1..=10 {
             hub.deliver(&ev(s));
@@ -282,10 +319,10 @@ mod tests {
         assert!(reg.shared.catch_up.load(Ordering::Acquire));
         assert!(queue.flagged.load(Ordering::Acquire));
         for want in 1..=2 {
-            let (id, ev) = rx.try_recv().expect("queued");
+            let (id, ev) = queue.pop().expect("queued");
             assert_eq!((id, ev.seq), (reg.id(), want));
         }
-        assert!(rx.try_recv().is_err());
+        assert!(queue.pop().is_none());
         assert_eq!(hub.task_count(), 1);
         drop(reg);
         assert_eq!(hub.task_count(), 0);

@@ -397,8 +397,8 @@ fn refused(task: Option<&str>, code: &str, message: &str) -> serde_json::Value {
 struct DrainTimer {
     draining: Draining,
     window: Duration,
-    at: Pin<Box<Sleep>>,
-    armed: bool,
+    /// The moment, once draining started (no timer is held before).
+    at: Option<Pin<Box<Sleep>>>,
 }
 
 impl DrainTimer {
@@ -406,23 +406,23 @@ impl DrainTimer {
         DrainTimer {
             draining,
             window,
-            at: Box::pin(tokio::time::sleep(Duration::from_secs(365 * 24 * 3600))),
-            armed: false,
+            at: None,
         }
     }
 
     /// Resolves at this session's moment. Cancel-safe: the moment is drawn
     /// once, after draining started, and kept.
     async fn due(&mut self) {
-        if !self.armed {
-            self.draining.started().await;
-            let ms = rand::rng().random_range(0..=self.window.as_millis() as u64);
-            self.at
-                .as_mut()
-                .reset(Instant::now() + Duration::from_millis(ms));
-            self.armed = true;
-        }
-        self.at.as_mut().await
+        let at = match &mut self.at {
+            Some(at) => at,
+            None => {
+                self.draining.started().await;
+                let ms = rand::rng().random_range(0..=self.window.as_millis() as u64);
+                self.at
+                    .insert(Box::pin(tokio::time::sleep(Duration::from_millis(ms))))
+            }
+        };
+        at.as_mut().await
     }
 }
 

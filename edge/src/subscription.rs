@@ -27,10 +27,9 @@ use std::time::Duration;
 use sluice_shared::event::{Snapshot, TaskState};
 use sluice_shared::position::{Position, Tag};
 use sluice_shared::{Seq, TaskId};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::hub::{ConnQueue, Hub, Queued, Registration};
+use crate::hub::{ConnQueue, Hub, Registration};
 use crate::metrics::Metrics;
 use crate::store::{PageLimit, Store, StoreError};
 use crate::wire::Event;
@@ -121,7 +120,7 @@ impl Subscriptions {
     /// connection ends once every task it follows has ended (SSE); a
     /// WebSocket of `/v1/ws` stays open for more subscriptions.
     pub fn mux(&self, mode: Mode, end_when_done: bool) -> Mux {
-        let (queue, rx) = ConnQueue::new(self.hub.queue_capacity());
+        let queue = ConnQueue::new(self.hub.queue_capacity());
         let tick = match mode {
             Mode::Latest(every) => {
                 let mut t = tokio::time::interval_at(Instant::now() + every, every);
@@ -134,7 +133,6 @@ impl Subscriptions {
             ctx: self.clone(),
             subs: Vec::new(),
             queue,
-            rx,
             mode,
             end_when_done,
             tick,
@@ -152,7 +150,6 @@ pub struct Mux {
     ctx: Subscriptions,
     subs: Vec<Subscription>,
     queue: Arc<ConnQueue>,
-    rx: mpsc::Receiver<Queued>,
     mode: Mode,
     end_when_done: bool,
     /// Latest mode: when held events go out.
@@ -251,7 +248,7 @@ impl Mux {
                 return Some(Delivery { index, ev });
             }
         }
-        while let Ok((id, ev)) = self.rx.try_recv() {
+        while let Some((id, ev)) = self.queue.pop() {
             let Some(index) = self.index_of(id) else {
                 continue; // closed since
             };
@@ -304,23 +301,12 @@ impl Mux {
                 continue;
             }
             let retry_at = self.retry_at;
-            // Every branch is cancel-safe (`notified`, `recv`, `tick`,
-            // `sleep_until`).
+            // Every branch is cancel-safe (`notified`, `tick`,
+            // `sleep_until`). A wake-up (an event queued, a subscription
+            // flagged) is taken by `next_ready` at the top of the loop.
             tokio::select! {
                 biased;
                 _ = self.queue.wake.notified() => {}
-                q = self.rx.recv() => {
-                    // The mux holds a sender (the queue), so `recv` never
-                    // ends.
-                    if let Some((id, ev)) = q {
-                        if let Some(index) = self.index_of(id) {
-                            if let Some(ev) = self.subs[index].accept_live(ev, self.mode, &self.ctx.metrics) {
-                                self.live_streak = self.live_streak.saturating_add(1);
-                                return Ok(Some(Delivery { index, ev }));
-                            }
-                        }
-                    }
-                }
                 _ = tick(&mut self.tick) => {
                     for sub in &mut self.subs {
                         sub.release_held();

@@ -55,7 +55,7 @@ fn fanout(c: &mut Criterion) {
             })
             .collect();
         // A few unrelated tasks so the map lookup is not trivial.
-        let (queue, _rx) = ConnQueue::new(16);
+        let queue = ConnQueue::new(16);
         let others: Vec<_> = (0..100)
             .map(|i| hub.register(&TaskId::parse(&format!("other-{i}")).expect("task"), &queue))
             .collect();
