@@ -31,4 +31,5 @@ mod registry;
 mod security;
 mod sse_resume;
 mod store_conformance;
+mod stream_path;
 mod websocket;

@@ -1,0 +1,227 @@
+//! The stream path (`edge/src/server/stream.rs`): SSE stream requests are
+//! answered straight to the socket, not through the HTTP layer. What a
+//! client relies on of HTTP/1.1 still holds there: keep-alive after an
+//! answer of known length and after a stream that ended (the chunked body
+//! terminated), `Connection: close`, other requests on the same connection
+//! afterwards (handed to the HTTP layer), a stream request after another
+//! request (served by the HTTP layer), and a client that closes its socket
+//! ends its session at once, with no write needed to notice.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice_edge::metrics::Transport;
+use sluice_tests::{unique_task, wait_until, EdgeHandle, TestEdge};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(30);
+const KEY: &str = "pk-stream-path-0123456789";
+
+async fn edge() -> EdgeHandle {
+    TestEdge::memory()
+        // No heartbeat inside a test: a session must end without a write.
+        .args(&["--publish-key", KEY, "--heartbeat-secs", "600"])
+        .start()
+        .await
+}
+
+/// Publishes `n` events, the last one final.
+async fn publish_final(edge: &EdgeHandle, task: &str, n: u64) {
+    let http = reqwest::Client::new();
+    for i in 1..=n {
+        let r = http
+            .post(edge.url(&format!("/v1/tasks/{task}/events")))
+            .bearer_auth(KEY)
+            .json(&json!({"type": "progress", "data": {"i": i}, "final": i == n}))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    }
+}
+
+/// Reads until `buf` holds `marker` (what was read, all of it), or fails
+/// after `T`.
+async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, marker: &[u8]) {
+    let found = tokio::time::timeout(T, async {
+        loop {
+            if buf.windows(marker.len()).any(|w| w == marker) {
+                return true;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        found == Ok(true),
+        "no {:?} in {:?}",
+        String::from_utf8_lossy(marker),
+        String::from_utf8_lossy(buf)
+    );
+}
+
+fn get(path: &str, close: bool) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{connection}\r\n")
+        .into_bytes()
+}
+
+/// Whether the peer closed (read returns 0) within `T`; bytes before it
+/// are returned.
+async fn closed(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    tokio::time::timeout(T, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .ok()
+    .map(|()| got)
+}
+
+#[tokio::test]
+async fn one_connection_serves_streams_then_other_requests() {
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let task = unique_task("keepalive");
+    publish_final(&edge, &task, 3).await;
+    let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+
+    // Past the final event: 204, no body, and the connection stays.
+    s.write_all(&get(&format!("/v1/tasks/{task}/events?after=3"), false))
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\r\n\r\n").await;
+    let head = String::from_utf8_lossy(&got).to_string();
+    assert!(head.starts_with("HTTP/1.1 204 "), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\ndate: "), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length"),
+        "{head}"
+    );
+
+    // A stream on the same connection: its events, then the end of the
+    // chunked body once the final event is out, and the connection stays.
+    s.write_all(&get(&format!("/v1/tasks/{task}/events?after=1"), false))
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\r\n0\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{text}"
+    );
+    assert!(
+        lower.contains("\r\ncontent-type: text/event-stream"),
+        "{text}"
+    );
+    assert!(text.contains("\"seq\":2"), "{text}");
+    assert!(text.contains("\"seq\":3"), "{text}");
+    assert!(!text.contains("\"seq\":1,"), "{text}");
+    assert!(
+        text.ends_with("\r\n0\r\n\r\n"),
+        "nothing after the last chunk: {text}"
+    );
+
+    // Then a request for the HTTP layer, which closes as asked.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let rest = closed(&mut s).await.expect("closed after the answer");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 200 "), "{rest}");
+}
+
+#[tokio::test]
+async fn connection_close_is_honoured_on_the_stream_path() {
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let task = unique_task("close");
+    publish_final(&edge, &task, 2).await;
+    let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+    s.write_all(&get(&format!("/v1/tasks/{task}/events?after=0"), true))
+        .await
+        .expect("request");
+    let got = closed(&mut s).await.expect("closed after the stream");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("\"seq\":2"), "{text}");
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "{text}");
+}
+
+#[tokio::test]
+async fn a_stream_after_another_request_is_served_too() {
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let task = unique_task("second");
+    publish_final(&edge, &task, 2).await;
+    let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    s.write_all(&get(&format!("/v1/tasks/{task}/events?after=0"), false))
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\"seq\":2").await;
+    assert!(
+        String::from_utf8_lossy(&got).contains("\"seq\":1"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_closes_ends_its_session_without_a_write() {
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let m = edge.state.metrics.clone();
+    let task = unique_task("gone");
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+        s.write_all(&get(&format!("/v1/tasks/{task}/events"), false))
+            .await
+            .expect("request");
+        let mut got = Vec::new();
+        read_until(&mut s, &mut got, b"retry: ").await;
+        streams.push(s);
+    }
+    wait_until("five sessions", T, || async {
+        m.connections_of(Transport::Sse) == 5
+    })
+    .await;
+    // Nothing is published and the heartbeat is 10 minutes away: only
+    // watching the socket can notice.
+    drop(streams);
+    wait_until("every session ended", Duration::from_secs(5), || async {
+        m.connections_of(Transport::Sse) == 0
+    })
+    .await;
+    wait_until("every socket released", Duration::from_secs(5), || async {
+        m.tcp_connections.get() <= 1 // at most the readiness probe's
+    })
+    .await;
+}
