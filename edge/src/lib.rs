@@ -63,6 +63,7 @@ pub mod status;
 pub mod store;
 pub mod subscription;
 pub mod wire;
+pub mod ws_frame;
 
 use std::sync::Arc;
 

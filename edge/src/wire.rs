@@ -10,6 +10,8 @@ use sluice_shared::event::{format_ts, Snapshot, RESET_TYPE};
 use sluice_shared::position::{Position, Tag};
 use sluice_shared::{Seq, StoredEvent, TaskId};
 
+use crate::ws_frame::FrameHead;
+
 /// One event, encoded once for every transport.
 #[derive(Debug)]
 pub struct Event {
@@ -34,6 +36,9 @@ pub struct Event {
     /// history response). For events and snapshots, a slice of `sse`: the
     /// event is held once, not twice.
     pub json: Bytes,
+    /// The header of the WebSocket text frame of `json`: a session writes
+    /// it and `json` as they are.
+    pub ws_head: FrameHead,
 }
 
 impl Event {
@@ -66,6 +71,7 @@ impl Event {
             ts: 0,
             tag: pos.tag,
             sse,
+            ws_head: FrameHead::text(json.len()),
             json,
             body_at,
         })
@@ -98,6 +104,7 @@ impl Event {
             ts,
             tag: pos.tag,
             sse,
+            ws_head: FrameHead::text(json.len()),
             json,
             body_at,
         })
@@ -139,6 +146,7 @@ impl Event {
             ts: 0,
             tag: pos.tag,
             sse,
+            ws_head: FrameHead::text(json.len()),
             json: Bytes::from(json),
             body_at,
         })

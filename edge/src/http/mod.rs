@@ -15,6 +15,7 @@ pub mod sse;
 pub mod state;
 pub mod tasks;
 pub mod ws;
+pub mod ws_upgrade;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;

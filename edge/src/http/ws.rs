@@ -10,8 +10,11 @@
 //! `{"op":"unsubscribed","task":"…"}` or
 //! `{"op":"error","task":"…","error":"<code>","message":"…"}` (a refused
 //! task leaves the others alone). Envelopes carry `task`, `seq` and `pos`,
-//! the position to subscribe again from. The session runs
-//! on the node's tasks and owns everything the connection holds; it ends
+//! the position to subscribe again from. The handshake is answered by
+//! [`WsUpgrade`]; the session then runs on the raw socket (in the
+//! connection's own task when the request came by the stream path,
+//! [`crate::server::stream`]) with the framing of [`crate::ws_frame`], and
+//! owns everything the connection holds; it ends
 //! when the client leaves (a client's close frame is echoed, its code
 //! included: RFC 6455 §5.5.1), a write stalls, pongs stop, the task ends (close
 //! 1000), the node drains (close 1012, at a jittered moment inside the drain
@@ -19,35 +22,32 @@
 //! over [`MAX_CLIENT_MESSAGE`] closes it with 1009 (Message Too Big). Over
 //! the connection limit the upgrade itself is refused with 503.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use sluice_shared::TaskId;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use super::admission::admit;
 use super::extract::{Caller, StreamMode, Subscribe};
+use super::ws_upgrade::WsUpgrade;
 use crate::error::ApiError;
 use crate::limits::ConnGuard;
 use crate::metrics::Transport;
 use crate::server::io::Peer;
+use crate::server::stream::write_all_vectored;
+use crate::server::upgrade::Socket;
 use crate::session::{Conn, Control, End, Framing, Heard, Session, Sessions};
 use crate::subscription::{Delivery, Mode, Opened, Start};
+use crate::ws_frame::{self, Incoming, ReadError, Reader, OP_PING, OP_PONG, OP_TEXT};
 
 /// Largest message a client may send (a subscribe request).
 pub const MAX_CLIENT_MESSAGE: usize = 4 * 1024;
-/// The socket read buffer of a session. The WebSocket library's default is
-/// 128 KiB, zero-filled at every read: 146 KiB of RSS per idle WebSocket.
-/// A client sends only small requests (at most [`MAX_CLIENT_MESSAGE`]); a
-/// larger frame makes the buffer grow to fit it.
-const READ_BUFFER: usize = 1024;
 /// Close codes.
 pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -64,36 +64,15 @@ pub async fn subscribe(
     State(sessions): State<Arc<Sessions>>,
     peer: Option<Extension<Arc<Peer>>>,
     Subscribe { task, start }: Subscribe,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
-    let upgrade = limited(upgrade)?;
+    let upgrade = upgrade?;
     let guard = admit(&sessions, Transport::Ws)?;
     let peer = peer.map(|Extension(p)| p);
-    Ok(upgrade
-        .on_upgrade(move |socket| {
-            let tasks = sessions.tasks.clone();
-            let session = serve(sessions, socket, task, start, guard, peer);
-            async move {
-                tasks.track(session).await;
-            }
-        })
-        .into_response())
-}
-
-/// A WebSocket upgrade with the client's limits (a non-upgrade request is
-/// refused with a JSON error): messages and frames up to
-/// [`MAX_CLIENT_MESSAGE`], a small read buffer ([`READ_BUFFER`]), no write
-/// buffering (frames go out as written).
-fn limited(
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<WebSocketUpgrade, ApiError> {
-    let upgrade = upgrade
-        .map_err(|e| ApiError::new(e.status(), "websocket_upgrade_required", e.body_text()))?;
-    Ok(upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0))
+    let tasks = sessions.tasks.clone();
+    Ok(upgrade.on_upgrade(&tasks, move |socket| {
+        serve(sessions, socket, task, start, guard, peer)
+    }))
 }
 
 /// `GET /v1/ws[?mode=latest&interval=1s]`: a WebSocket whose tasks the
@@ -106,9 +85,9 @@ pub async fn subscribe_many(
     peer: Option<Extension<Arc<Peer>>>,
     StreamMode(mode): StreamMode,
     caller: Caller,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, ApiError>,
 ) -> Result<Response, ApiError> {
-    let upgrade = limited(upgrade)?;
+    let upgrade = upgrade?;
     caller.check_token()?;
     let guard = admit(&sessions, Transport::Ws)?;
     let peer = peer.map(|Extension(p)| p);
@@ -116,25 +95,22 @@ pub async fn subscribe_many(
         authorize: caller.into_authorize(),
         max_tasks: sessions.max_tasks,
     };
-    Ok(upgrade
-        .on_upgrade(move |socket| {
-            let tasks = sessions.tasks.clone();
-            async move {
-                let conn = Conn::new(&sessions.metrics, Transport::Ws, None, guard, peer);
-                let frames = WsFrames::new(socket, sessions.heartbeat);
-                let mux = sessions.subscriptions.mux(mode, false);
-                let session = Session::new(&sessions, conn, mux, frames, Some(control));
-                tasks.track(session.run()).await;
-            }
-        })
-        .into_response())
+    let tasks = sessions.tasks.clone();
+    Ok(upgrade.on_upgrade(&tasks, move |socket| async move {
+        let conn = Conn::new(&sessions.metrics, Transport::Ws, None, guard, peer);
+        let frames = WsFrames::new(socket, sessions.heartbeat);
+        let mux = sessions.subscriptions.mux(mode, false);
+        Session::new(&sessions, conn, mux, frames, Some(control))
+            .run()
+            .await;
+    }))
 }
 
 /// One WebSocket session of one task, from opening the subscription to the
 /// close frame.
 async fn serve(
     sessions: Arc<Sessions>,
-    socket: WebSocket,
+    socket: Socket,
     task: TaskId,
     start: Start,
     guard: ConnGuard,
@@ -157,108 +133,152 @@ async fn serve(
     frames.finish(end).await;
 }
 
-/// WebSocket framing: one text frame per envelope, pings as heartbeats
-/// (a peer that has not answered the previous one within two intervals is
-/// gone), and a close frame with a code for every way a session ends.
-/// Writes have no timer of their own: the socket's write deadline
+/// WebSocket framing on the session's socket ([`ws_frame`]): one text frame
+/// per envelope (the header encoded once per event, written with the
+/// envelope's shared bytes: a batch is one vectored write), pings as
+/// heartbeats (a peer that has not answered the previous one within two
+/// intervals is gone), the client's pings answered, its close frame echoed
+/// (RFC 6455 §5.5.1), and a close frame with a code for every way a session
+/// ends. Writes have no timer of their own: the socket's write deadline
 /// (`--write-timeout-secs`, [`crate::server::io`]) fails a write the peer
 /// does not take.
 struct WsFrames {
-    tx: SplitSink<WebSocket, Message>,
-    rx: SplitStream<WebSocket>,
+    io: Socket,
+    reader: Reader,
+    /// Control frames to write before anything else (pongs); what is left
+    /// of them (written bytes are removed as they go, so a write that is
+    /// dropped midway loses nothing).
+    pending: Vec<u8>,
+    /// The peer's close frame (its code and reason, if it gave one), to
+    /// echo when the session ends.
+    peer_close: Option<Option<(u16, String)>>,
     /// The ping interval.
     interval: Duration,
     last_pong: Instant,
     awaiting_pong: bool,
 }
 
+/// Bytes read from the socket at a time (client messages are small).
+const READ_CHUNK: usize = 256;
+
 impl WsFrames {
-    fn new(socket: WebSocket, interval: Duration) -> Self {
-        let (tx, rx) = socket.split();
+    fn new(io: Socket, interval: Duration) -> Self {
         WsFrames {
-            tx,
-            rx,
+            io,
+            reader: Reader::new(MAX_CLIENT_MESSAGE),
+            pending: Vec::new(),
+            peer_close: None,
             interval,
             last_pong: Instant::now(),
             awaiting_pong: false,
         }
     }
+
+    /// Writes the pending control frames. Cancel-safe: what was written is
+    /// removed from `pending` as soon as the write returns.
+    async fn flush_pending(&mut self) -> std::io::Result<()> {
+        while !self.pending.is_empty() {
+            let n = self.io.write(&self.pending).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.pending.drain(..n);
+        }
+        if self.pending.capacity() > 0 {
+            self.pending = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Writes one whole frame after the pending ones.
+    async fn write_frame(&mut self, frame: &[u8]) -> Result<(), End> {
+        self.flush_pending().await.map_err(|_| End::WriteFailed)?;
+        self.io.write_all(frame).await.map_err(|_| End::WriteFailed)
+    }
 }
 
 impl Framing for WsFrames {
     async fn send(&mut self, batch: &[Delivery]) -> Result<(), End> {
+        self.flush_pending().await.map_err(|_| End::WriteFailed)?;
+        let mut slices = Vec::with_capacity(batch.len() * 2);
         for d in batch {
-            let Ok(text) = Utf8Bytes::try_from(d.ev.json.clone()) else {
-                continue;
-            };
-            if self.tx.feed(Message::Text(text)).await.is_err() {
-                return Err(End::WriteFailed);
-            }
+            slices.push(IoSlice::new(d.ev.ws_head.as_bytes()));
+            slices.push(IoSlice::new(&d.ev.json));
         }
-        self.tx.flush().await.map_err(|_| End::WriteFailed)
+        write_all_vectored(&mut self.io, &mut slices)
+            .await
+            .map_err(|_| End::WriteFailed)
     }
 
     async fn heartbeat(&mut self) -> Result<(), End> {
         if self.awaiting_pong && self.last_pong.elapsed() > self.interval * 2 {
             return Err(End::PongTimeout);
         }
-        match self.tx.send(Message::Ping(Default::default())).await {
-            Ok(()) => {
-                self.awaiting_pong = true;
-                Ok(())
-            }
-            Err(_) => Err(End::WriteFailed),
-        }
+        self.write_frame(&ws_frame::frame(OP_PING, b"")).await?;
+        self.awaiting_pong = true;
+        Ok(())
     }
 
-    /// Cancel-safe: `rx.next()` is, and the pong state only changes after
-    /// it returned.
+    /// Cancel-safe: a read loses nothing if dropped (bytes are moved into
+    /// the reader only after it returned), and neither does the answer to
+    /// a ping ([`WsFrames::flush_pending`]).
     async fn heard(&mut self) -> Heard {
         loop {
-            match self.rx.next().await {
-                Some(Ok(Message::Pong(_))) => {
+            if self.flush_pending().await.is_err() {
+                return Heard::End(End::WriteFailed);
+            }
+            match self.reader.take() {
+                Ok(Some(Incoming::Text(text))) => return request(&text),
+                Ok(Some(Incoming::Binary)) => {}
+                Ok(Some(Incoming::Ping(payload))) => {
+                    self.pending
+                        .extend_from_slice(&ws_frame::frame(OP_PONG, &payload));
+                }
+                Ok(Some(Incoming::Pong)) => {
                     self.last_pong = Instant::now();
                     self.awaiting_pong = false;
                 }
-                Some(Ok(Message::Close(_))) | None => return Heard::End(End::PeerClosed),
-                Some(Ok(Message::Text(text))) => return request(text.as_str()),
-                Some(Ok(_)) => {} // pings are answered by tungstenite
-                Some(Err(e)) => {
-                    tracing::debug!(cause = %e, "websocket read failed");
-                    return Heard::End(if is_too_big(&e) {
-                        End::TooBig
-                    } else {
-                        End::ProtocolError
-                    });
+                Ok(Some(Incoming::Close(frame))) => {
+                    self.peer_close = Some(frame);
+                    return Heard::End(End::PeerClosed);
                 }
+                Ok(None) => {
+                    let mut chunk = [0u8; READ_CHUNK];
+                    match self.io.read(&mut chunk).await {
+                        Ok(0) => return Heard::End(End::PeerClosed),
+                        Ok(n) => self.reader.buf.extend_from_slice(&chunk[..n]),
+                        Err(e) => {
+                            tracing::debug!(cause = %e, "websocket read failed");
+                            return Heard::End(End::PeerClosed);
+                        }
+                    }
+                }
+                Err(ReadError::TooBig) => return Heard::End(End::TooBig),
+                Err(ReadError::Protocol) => return Heard::End(End::ProtocolError),
             }
         }
     }
 
     async fn reply(&mut self, message: serde_json::Value) -> Result<(), End> {
-        let text = Utf8Bytes::from(message.to_string());
-        self.tx
-            .send(Message::Text(text))
+        self.write_frame(&ws_frame::frame(OP_TEXT, message.to_string().as_bytes()))
             .await
-            .map_err(|_| End::WriteFailed)
     }
 
     async fn finish(&mut self, end: End) {
-        let Some((code, reason)) = close_frame(end) else {
-            // The peer closed: tungstenite queued the answer to its close
-            // frame when it read it (the same code and reason), to go out
-            // on the next write or flush; a close frame of our own would
-            // be refused now (the handshake is the peer's). Flushing sends
-            // the answer and ends the connection. Nothing to flush if the
-            // peer just vanished.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tx.flush()).await;
-            return;
+        let frame = match (close_frame(end), self.peer_close.take()) {
+            (Some((code, reason)), _) => ws_frame::close(code, reason),
+            // The peer closed: its code and reason echoed, or an empty
+            // close frame for an empty one.
+            (None, Some(Some((code, reason)))) => ws_frame::close(code, &reason),
+            (None, Some(None)) => ws_frame::frame(ws_frame::OP_CLOSE, b""),
+            // The peer just vanished: nothing to answer.
+            (None, None) => return,
         };
-        let frame = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        }));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tx.send(frame)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            self.write_frame(&frame).await?;
+            self.io.shutdown().await.map_err(|_| End::WriteFailed)
+        })
+        .await;
     }
 }
 
@@ -312,39 +332,9 @@ fn close_frame(end: End) -> Option<(u16, &'static str)> {
     })
 }
 
-/// Whether a read failed because the client's message (or one frame of it)
-/// was over the limits set on the upgrade: tungstenite's
-/// `Error::Capacity(CapacityError::MessageTooLong { .. })`, found by type in
-/// the source chain of axum's error.
-fn is_too_big(e: &axum::Error) -> bool {
-    use tungstenite::error::{CapacityError, Error};
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if let Some(Error::Capacity(CapacityError::MessageTooLong { .. })) = c.downcast_ref() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tungstenite::error::{CapacityError, Error, ProtocolError};
-
-    #[test]
-    fn only_over_limit_reads_count_as_too_big() {
-        let big = axum::Error::new(Error::Capacity(CapacityError::MessageTooLong {
-            size: 65_536,
-            max_size: 4_096,
-        }));
-        assert!(is_too_big(&big));
-        let other = axum::Error::new(Error::Protocol(ProtocolError::InvalidOpcode(3)));
-        assert!(!is_too_big(&other));
-        let headers = axum::Error::new(Error::Capacity(CapacityError::TooManyHeaders));
-        assert!(!is_too_big(&headers));
-    }
 
     #[test]
     fn close_codes() {

@@ -32,6 +32,7 @@
 
 pub mod io;
 pub mod stream;
+pub mod upgrade;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,7 +49,7 @@ use tower::ServiceExt as _;
 use tokio::io::AsyncWriteExt as _;
 
 use self::io::{Guarded, Peer, Slot};
-use self::stream::{Prefixed, Sniffed};
+use self::stream::{After, Prefixed, Sniffed};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
 
@@ -225,11 +226,14 @@ async fn connection(
         };
         request.extensions_mut().insert(peer.clone());
         match stream::respond(&mut io, &app, *request, close).await {
-            Ok(true) if !stop.is_cancelled() => {}
-            Ok(_) => {
+            Ok(After::KeepAlive) if !stop.is_cancelled() => {}
+            Ok(After::KeepAlive | After::Close) => {
                 let _ = io.shutdown().await;
                 return;
             }
+            // The session owns the socket from now on; it runs here, in
+            // the connection's task.
+            Ok(After::Upgrade(on_socket)) => return on_socket(Box::new(io)).await,
             Err(e) => {
                 tracing::debug!(cause = %e, "stream connection ended with an error");
                 return;

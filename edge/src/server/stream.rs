@@ -26,12 +26,16 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use axum::body::{Body, HttpBody as _};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::http::{
+    header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version,
+};
 use axum::Router;
 use bytes::{Buf as _, Bytes};
 use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tower::ServiceExt as _;
+
+use super::upgrade::{OnSocket, UpgradeSlot};
 
 /// Longest request head read on this path. A longer one goes to the HTTP
 /// layer with the bytes read so far; its own limits and refusals (414,
@@ -107,22 +111,24 @@ fn classify(buf: &[u8]) -> Parsed {
     }
 }
 
-/// The router's request for a stream head, with whether the client asked
-/// to close after it; `None` when the head is not a plain stream request.
+/// The router's request for a stream head (a WebSocket handshake carries
+/// an [`UpgradeSlot`]), with whether the client asked to close after it;
+/// `None` when the head is not a plain stream request.
 fn stream_request(req: &httparse::Request<'_, '_>) -> Option<(Request<Body>, bool)> {
     if req.method != Some("GET") || req.version != Some(1) {
         return None;
     }
     let path = req.path?;
-    if !is_stream_route(path) {
-        return None;
-    }
+    let upgrade = match route(path)? {
+        Route::Events => false,
+        Route::WebSocket => true,
+    };
     let mut headers = HeaderMap::with_capacity(req.headers.len());
     let mut close = false;
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_bytes(h.value).ok()?;
-        if name == header::UPGRADE
+        if (name == header::UPGRADE && !upgrade)
             || name == header::TRANSFER_ENCODING
             || name == header::EXPECT
             || (name == header::CONTENT_LENGTH && value != "0")
@@ -143,32 +149,66 @@ fn stream_request(req: &httparse::Request<'_, '_>) -> Option<(Request<Body>, boo
     *request.uri_mut() = path.parse::<Uri>().ok()?;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = headers;
+    if upgrade {
+        request.extensions_mut().insert(UpgradeSlot::default());
+    }
     Some((request, close))
 }
 
-/// The routes served on this path: a task's SSE stream and the stream of
-/// many tasks (the query string aside).
-pub fn is_stream_route(target: &str) -> bool {
+/// The routes served on this path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// SSE: a task's stream, or the stream of many tasks.
+    Events,
+    /// A WebSocket of one task, or of the tasks the client subscribes to.
+    WebSocket,
+}
+
+/// The stream route of a request target (the query string aside).
+fn route(target: &str) -> Option<Route> {
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    path == "/v1/events"
-        || path
-            .strip_prefix("/v1/tasks/")
-            .and_then(|rest| rest.strip_suffix("/events"))
-            .is_some_and(|task| !task.is_empty() && !task.contains('/'))
+    match path {
+        "/v1/events" => return Some(Route::Events),
+        "/v1/ws" => return Some(Route::WebSocket),
+        _ => {}
+    }
+    let rest = path.strip_prefix("/v1/tasks/")?;
+    let (task, last) = rest.split_once('/')?;
+    if task.is_empty() {
+        return None;
+    }
+    match last {
+        "events" => Some(Route::Events),
+        "ws" => Some(Route::WebSocket),
+        _ => None,
+    }
+}
+
+/// What follows an answer on the stream path.
+pub enum After {
+    /// The connection may serve another request.
+    KeepAlive,
+    /// The connection closes.
+    Close,
+    /// A WebSocket handshake was answered 101: the session runs on the
+    /// socket.
+    Upgrade(OnSocket),
 }
 
 /// Routes `request` and writes the answer to `io`: a body of known length
 /// with `content-length`, a stream as chunks until it ends or the peer
-/// closes. `Ok(true)`: the connection may serve another request.
+/// closes, a WebSocket handshake's 101 (then the session is the caller's
+/// to run).
 pub async fn respond<S>(
     io: &mut S,
     app: &Router,
     request: Request<Body>,
     close: bool,
-) -> io::Result<bool>
+) -> io::Result<After>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let slot = request.extensions().get::<UpgradeSlot>().cloned();
     let response = match app.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -201,6 +241,21 @@ where
     head.extend_from_slice(b"date: ");
     head.extend_from_slice(httpdate::fmt_http_date(SystemTime::now()).as_bytes());
     head.extend_from_slice(b"\r\n");
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(on_socket) = slot.as_ref().and_then(UpgradeSlot::take) else {
+            return Ok(After::Close);
+        };
+        head.extend_from_slice(b"connection: upgrade\r\n\r\n");
+        io.write_all(&head).await?;
+        return Ok(After::Upgrade(on_socket));
+    }
+    // A handshake that was refused: the connection ends with the answer.
+    let close = close || slot.is_some();
+    let after = if close {
+        After::Close
+    } else {
+        After::KeepAlive
+    };
     if close {
         head.extend_from_slice(b"connection: close\r\n");
     }
@@ -212,15 +267,15 @@ where
             .map_err(io::Error::other)?;
         debug_assert_eq!(bytes.len() as u64, len);
         if !parts.status.is_informational()
-            && parts.status != axum::http::StatusCode::NO_CONTENT
-            && parts.status != axum::http::StatusCode::NOT_MODIFIED
+            && parts.status != StatusCode::NO_CONTENT
+            && parts.status != StatusCode::NOT_MODIFIED
         {
             head.extend_from_slice(format!("content-length: {}\r\n", bytes.len()).as_bytes());
         }
         head.extend_from_slice(b"\r\n");
         head.extend_from_slice(&bytes);
         io.write_all(&head).await?;
-        return Ok(!close);
+        return Ok(after);
     }
     head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     io.write_all(&head).await?;
@@ -238,13 +293,13 @@ where
                 None => break,
             },
             read = io.read(&mut probe) => match read? {
-                0 => return Ok(false),
+                0 => return Ok(After::Close),
                 _ => continue,
             },
         }
     }
     io.write_all(b"0\r\n\r\n").await?;
-    Ok(!close)
+    Ok(after)
 }
 
 /// Writes one chunk (`{len:x}\r\n{data}\r\n`) with vectored writes: one
@@ -260,7 +315,16 @@ async fn write_chunk<W: AsyncWrite + Unpin>(io: &mut W, data: &Bytes) -> io::Res
         IoSlice::new(data),
         IoSlice::new(b"\r\n"),
     ];
-    let mut slices: &mut [IoSlice<'_>] = &mut slices;
+    write_all_vectored(io, &mut slices).await
+}
+
+/// Writes every slice, in as few system calls as the socket allows.
+pub async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
+    io: &mut W,
+    slices: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    let mut slices = slices;
+    IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         let written = io.write_vectored(slices).await?;
         if written == 0 {
@@ -351,24 +415,26 @@ mod tests {
 
     #[test]
     fn only_stream_routes_take_the_stream_path() {
-        for yes in [
-            "/v1/events?task=a&task=b",
-            "/v1/events",
-            "/v1/tasks/t1/events",
-            "/v1/tasks/t1/events?after=3",
+        for (target, want) in [
+            ("/v1/events?task=a&task=b", Route::Events),
+            ("/v1/events", Route::Events),
+            ("/v1/tasks/t1/events", Route::Events),
+            ("/v1/tasks/t1/events?after=3", Route::Events),
+            ("/v1/tasks/t1/ws", Route::WebSocket),
+            ("/v1/ws?mode=latest", Route::WebSocket),
         ] {
-            assert!(is_stream_route(yes), "{yes}");
+            assert_eq!(route(target), Some(want), "{target}");
         }
         for no in [
             "/v1/tasks//events",
             "/v1/tasks/a/b/events",
-            "/v1/tasks/t1/ws",
             "/v1/tasks/t1",
+            "/v1/tasks/t1/history",
             "/v1/events/x",
             "/healthz",
             "/",
         ] {
-            assert!(!is_stream_route(no), "{no}");
+            assert_eq!(route(no), None, "{no}");
         }
     }
 
@@ -384,11 +450,17 @@ mod tests {
         assert_eq!(req.headers()[header::ACCEPT], "text/event-stream");
         assert!(!close);
         let closing = b"GET /v1/events?task=a HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n";
+        assert!(req.extensions().get::<UpgradeSlot>().is_none());
         assert!(matches!(classify(closing), Parsed::Stream(_, true)));
+        let ws = b"GET /v1/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let Parsed::Stream(req, false) = classify(ws) else {
+            panic!("a WebSocket handshake")
+        };
+        assert!(req.extensions().get::<UpgradeSlot>().is_some());
         for other in [
             &b"POST /v1/tasks/t1/events HTTP/1.1\r\ncontent-length: 2\r\n\r\n"[..],
             b"GET /v1/tasks/t1/events HTTP/1.0\r\n\r\n",
-            b"GET /v1/tasks/t1/ws HTTP/1.1\r\n\r\n",
+            b"GET /v1/tasks/t1/history HTTP/1.1\r\n\r\n",
             b"GET /v1/tasks/t1/events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
             b"GET /v1/tasks/t1/events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET /v1/tasks/t1/events HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n",

@@ -225,3 +225,62 @@ async fn a_client_that_closes_ends_its_session_without_a_write() {
     })
     .await;
 }
+
+/// A WebSocket handshake on a connection that already served a request
+/// goes through the HTTP layer's upgrade: the same session, on the socket
+/// hyper hands over.
+#[tokio::test]
+async fn a_websocket_after_another_request_is_served_too() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let task = unique_task("ws-second");
+    publish_final(&edge, &task, 2).await;
+    let mut s = TcpStream::connect(edge.addr).await.expect("connect");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .expect("request");
+    let mut got = Vec::new();
+    read_until(&mut s, &mut got, b"\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    let handshake = format!(
+        "GET /v1/tasks/{task}/ws?after=0 HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(handshake.as_bytes()).await.expect("handshake");
+    // Byte by byte up to the end of the 101's head: what follows is frames.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(T, s.read(&mut b))
+            .await
+            .expect("101 in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 101: {head:?}");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(s, Role::Client, None).await;
+    let mut seqs = Vec::new();
+    let code = loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("a frame") {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                seqs.push(v["seq"].as_u64().expect("seq"));
+            }
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(seqs, vec![1, 2]);
+    assert_eq!(code, Some(1000), "the task finished");
+}
