@@ -1,8 +1,8 @@
 //! One client socket as the node holds it: its slot among the node's open
 //! connections, and a write deadline. A write the socket does not accept
 //! (not one byte) for the write timeout fails with `TimedOut`, so whatever
-//! writes through it (hyper for responses and SSE bodies, tungstenite after
-//! a WebSocket upgrade) ends the connection. The deadline runs on its own
+//! writes through it (hyper for responses, the stream path for SSE bodies
+//! and WebSocket frames) ends the connection. The deadline runs on its own
 //! timer, armed only while a write is blocked: a peer that stops reading is
 //! closed even when nothing new is sent to it.
 //!
