@@ -19,6 +19,15 @@ impl Control {
         })
     }
 
+    /// Sends `pipe` as one round trip; one reply per command, in order (an
+    /// error reply fails the whole call).
+    pub async fn query_pipe(&mut self, pipe: &redis::Pipeline) -> Result<Vec<Value>, Unavailable> {
+        Ok(match self {
+            Control::Pool(pool) => pipe.query_async(&mut pool.get().await?).await?,
+            Control::Node(conn) => pipe.query_async(conn).await?,
+        })
+    }
+
     /// Loads the publish function: a replica promoted by a failover (or a
     /// Redis restarted empty) may lack it.
     pub async fn load_function(&mut self) -> Result<(), Unavailable> {
