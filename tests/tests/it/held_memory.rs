@@ -67,6 +67,8 @@ struct Bound {
 }
 
 /// hyper's HTTP/1 write buffer (queued body chunks): `8192 + 4096 * 100`.
+/// History requests are served by hyper; SSE streams are not (the stream
+/// path writes each batch straight to the socket).
 const HYPER_BUF: usize = 8192 + 4096 * 100;
 /// An SSE batch stops once it reaches this many bytes.
 const BATCH_BYTES: usize = sluice_edge::session::BATCH_BYTES;
@@ -82,9 +84,10 @@ impl Bound {
         GROWTH * PAGE_BYTES.max(self.event) + PAGE_BYTES + self.event
     }
 
-    /// One SSE subscriber: its queue, a page, hyper's buffer and one batch.
+    /// One SSE subscriber (on a connection of its own: the stream path):
+    /// its queue, a page and one batch.
     fn subscriber(&self) -> usize {
-        QUEUE * self.event + self.page() + HYPER_BUF + BATCH_BYTES + self.event
+        QUEUE * self.event + self.page() + BATCH_BYTES + self.event
     }
 
     /// One history request: a page, then the response body (the page's
@@ -205,7 +208,7 @@ async fn clients_that_never_read_hold_at_most_the_readme_bound() {
     let limit = subscribers + requests + ALLOWANCE_MIB;
     println!(
         "largest event {} B; per subscriber {:.2} MiB (queue {QUEUE} x event + {GROWTH} x page {PAGE_BYTES} \
-         + page + event + hyper {HYPER_BUF} + batch {BATCH_BYTES} + event); per history request {:.2} MiB",
+         + page + event + batch {BATCH_BYTES} + event); per history request {:.2} MiB",
         bound.event,
         bound.subscriber() as f64 / MIB,
         bound.history_request() as f64 / MIB,

@@ -135,9 +135,9 @@ impl EventSize {
 
 /// Growth of the RSS the formula does not model, with its parts (for this
 /// test's two connections and its in-process clients):
-/// - hyper's HTTP/1 buffers, at most 400 KiB (`8192 + 4096 * 100`) per
-///   connection, plus the batch being written (64 frames × ~2.2 KB =
-///   139 KB): 2 × 0.54 MiB ≈ 1.1 MiB;
+/// - the batch being written (64 frames × ~2.2 KB = 139 KB) per
+///   connection (the stream path holds no HTTP buffer; hyper's, at most
+///   400 KiB per connection, were counted here before it): 2 × 0.14 MiB;
 /// - the feed reader's batches while publishing: the producer awaits every
 ///   publish and runs in this process, so the reader trails it by a few
 ///   entries; 64 entries × (`held` + `stored`) (~4.4 KB) ≈ 0.3 MiB;
