@@ -168,11 +168,13 @@ async fn connection_close_is_honoured_on_the_stream_path() {
     assert!(text.ends_with("\r\n0\r\n\r\n"), "{text}");
 }
 
-#[tokio::test]
-async fn a_stream_after_another_request_is_served_too() {
+/// An edge, a task of two events (the second final), and a connection that
+/// has already served `GET /healthz` (so its next request goes to the HTTP
+/// layer).
+async fn after_another_request(name: &str) -> (EdgeHandle, String, TcpStream) {
     sluice_tests::init_logs();
     let edge = edge().await;
-    let task = unique_task("second");
+    let task = unique_task(name);
     publish_final(&edge, &task, 2).await;
     let mut s = TcpStream::connect(edge.addr).await.expect("connect");
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
@@ -181,6 +183,12 @@ async fn a_stream_after_another_request_is_served_too() {
     let mut got = Vec::new();
     read_until(&mut s, &mut got, b"\r\n\r\n").await;
     assert!(got.starts_with(b"HTTP/1.1 200 "));
+    (edge, task, s)
+}
+
+#[tokio::test]
+async fn a_stream_after_another_request_is_served_too() {
+    let (_edge, task, mut s) = after_another_request("second").await;
     s.write_all(&get(&format!("/v1/tasks/{task}/events?after=0"), false))
         .await
         .expect("request");
@@ -235,17 +243,7 @@ async fn a_websocket_after_another_request_is_served_too() {
     use tokio_tungstenite::tungstenite::protocol::Role;
     use tokio_tungstenite::tungstenite::Message;
 
-    sluice_tests::init_logs();
-    let edge = edge().await;
-    let task = unique_task("ws-second");
-    publish_final(&edge, &task, 2).await;
-    let mut s = TcpStream::connect(edge.addr).await.expect("connect");
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .expect("request");
-    let mut got = Vec::new();
-    read_until(&mut s, &mut got, b"\r\n\r\n").await;
-    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    let (_edge, task, mut s) = after_another_request("ws-second").await;
     let handshake = format!(
         "GET /v1/tasks/{task}/ws?after=0 HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
