@@ -282,3 +282,36 @@ async fn a_websocket_after_another_request_is_served_too() {
     assert_eq!(seqs, vec![1, 2]);
     assert_eq!(code, Some(1000), "the task finished");
 }
+
+/// A client's ping is answered with its payload at once, on a quiet task
+/// (nothing else is written that would carry it), and so is a second one.
+#[tokio::test]
+async fn a_websocket_clients_pings_are_answered() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let task = unique_task("ping");
+    let url = format!("ws://{}/v1/tasks/{task}/ws", edge.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("upgrade");
+    for payload in [&b"first"[..], b"second"] {
+        ws.send(Message::Ping(payload.to_vec().into()))
+            .await
+            .expect("ping");
+        let pong = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next())
+                .await
+                .expect("an answer within 5 s (the heartbeat is 10 minutes away)")
+            {
+                Some(Ok(Message::Pong(p))) => break p,
+                // The unknown task's reset, before anything else.
+                Some(Ok(Message::Text(_))) => continue,
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        };
+        assert_eq!(&pong[..], payload);
+    }
+}
