@@ -17,12 +17,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use sluice_shared::{StoredEvent, TaskId};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::server::direct::Direct;
 use crate::store::FeedSink;
 use crate::wire::Event;
 
@@ -41,6 +42,10 @@ const KEEP_EMPTY: usize = 16;
 pub struct ConnQueue {
     items: Mutex<VecDeque<Queued>>,
     capacity: usize,
+    /// Set when the connection takes direct writes
+    /// ([`crate::server::direct`]): an event offered while nothing is
+    /// queued is written to the socket at once if the connection is idle.
+    direct: OnceLock<Arc<Direct>>,
     /// Set with any subscription's `catch_up`.
     pub(crate) flagged: AtomicBool,
     pub(crate) wake: Notify,
@@ -52,6 +57,7 @@ impl ConnQueue {
         Arc::new(ConnQueue {
             items: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
+            direct: OnceLock::new(),
             flagged: AtomicBool::new(false),
             wake: Notify::new(),
         })
@@ -63,10 +69,23 @@ impl ConnQueue {
         self.items.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends one event; false (and nothing queued) when the queue holds
+    /// Lets the hub write to the connection's socket while it is idle.
+    pub fn set_direct(&self, direct: Arc<Direct>) {
+        let _ = self.direct.set(direct);
+    }
+
+    /// Appends one event, or writes it at once (direct writes, nothing
+    /// queued before it); false (and nothing queued) when the queue holds
     /// its capacity.
-    fn offer(&self, queued: Queued) -> bool {
+    fn offer(&self, queued: Queued, direct: bool) -> bool {
         let mut items = self.items();
+        if direct && items.is_empty() {
+            if let Some(direct) = self.direct.get() {
+                if direct.try_deliver(&queued.1) {
+                    return true;
+                }
+            }
+        }
         if items.len() >= self.capacity {
             return false;
         }
@@ -117,6 +136,9 @@ pub struct Hub {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
     live: AtomicBool,
+    /// Whether dispatch may write to idle connections directly (the feed
+    /// reader turns it off for large batches).
+    direct: AtomicBool,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
 }
@@ -148,6 +170,7 @@ impl Hub {
             inner: Mutex::new(Inner::default()),
             next_id: AtomicU64::new(1),
             live: AtomicBool::new(false),
+            direct: AtomicBool::new(true),
             queue_capacity: queue_capacity.max(1),
             metrics,
         })
@@ -232,11 +255,12 @@ impl Hub {
         let Some(subs) = inner.tasks.get(task) else {
             return;
         };
+        let direct = self.direct.load(Ordering::Relaxed);
         for sub in subs.values() {
             if sub.catch_up.load(Ordering::Acquire) {
                 continue;
             }
-            if !sub.conn.offer((sub.id, event.clone())) {
+            if !sub.conn.offer((sub.id, event.clone()), direct) {
                 self.metrics.catchups.inc();
                 sub.flag();
             }
@@ -278,6 +302,10 @@ impl FeedSink for Hub {
 
     fn set_live(&self, live: bool) {
         self.live.store(live, Ordering::Release);
+    }
+
+    fn allow_direct(&self, allow: bool) {
+        self.direct.store(allow, Ordering::Relaxed);
     }
 
     fn report_lag(&self, shard: u32, lag: u64) {

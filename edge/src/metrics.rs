@@ -136,6 +136,8 @@ pub struct Metrics {
     pub feed_events: Counter,
     pub published: Counter,
     pub catchups: Counter,
+    /// Events the hub wrote straight to an idle connection's socket.
+    pub direct_writes: Counter,
     pub gaps: Counter,
     pub resets: Counter,
     pub refused: Family<ReasonLabel, Counter>,
@@ -196,6 +198,7 @@ impl Metrics {
             feed_events: Counter::default(),
             published: Counter::default(),
             catchups: Counter::default(),
+            direct_writes: Counter::default(),
             gaps: Counter::default(),
             resets: Counter::default(),
             refused: Family::default(),
@@ -285,6 +288,11 @@ impl Metrics {
             "events_published",
             "Events published through this node (its HTTP API and the --demo producer)",
             self.published.clone(),
+        );
+        r.register(
+            "direct_writes",
+            "Events written to an idle connection's socket by the hub, without waking the connection's task (also counted in events_delivered)",
+            self.direct_writes.clone(),
         );
         r.register(
             "catchups",

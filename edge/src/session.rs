@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::lifecycle::{Draining, Tasks};
 use crate::limits::{ConnGuard, Limits};
 use crate::metrics::{Metrics, Transport, TransportLabel};
+use crate::server::direct::Direct;
 use crate::server::io::Peer;
 use crate::subscription::{Delivery, Mux, Opened, Start, Subscriptions};
 
@@ -174,6 +175,13 @@ impl Conn {
     /// Records how many tasks the connection follows now.
     fn following(&mut self, tasks: usize) {
         self.log.tasks = self.log.tasks.max(tasks);
+    }
+
+    /// Counts the events the hub writes directly to this connection
+    /// ([`crate::server::direct`]) in its log line.
+    pub fn with_direct(mut self, direct: Arc<Direct>) -> Self {
+        self.log.direct = Some(direct);
+        self
     }
 
     /// Records why the connection ended (its log line says so).
@@ -440,6 +448,8 @@ struct ConnLog {
     reason: &'static str,
     peer: Option<Arc<Peer>>,
     metrics: Arc<Metrics>,
+    /// Events written directly by the hub, counted there.
+    direct: Option<Arc<Direct>>,
 }
 
 impl ConnLog {
@@ -460,6 +470,7 @@ impl ConnLog {
             reason: "client went away",
             peer,
             metrics,
+            direct: None,
         }
     }
 }
@@ -485,7 +496,7 @@ impl Drop for ConnLog {
             task = %self.task,
             tasks = self.tasks,
             duration_ms = self.opened.elapsed().as_millis() as u64,
-            events = self.events,
+            events = self.events + self.direct.as_ref().map_or(0, |d| d.count()),
             reason = self.reason(),
             "connection closed"
         );

@@ -207,6 +207,12 @@ pub trait FeedSink: Send + Sync {
     fn set_live(&self, live: bool);
     /// The node's consumer-group lag on one shard feed (metrics).
     fn report_lag(&self, _shard: u32, _lag: u64) {}
+    /// Whether the events about to be delivered may be written to idle
+    /// connections' sockets from the reader's task
+    /// ([`crate::server::direct`]): the reader says no for a large batch,
+    /// whose writes the connections' own tasks spread over the runtime's
+    /// threads instead of one.
+    fn allow_direct(&self, _allow: bool) {}
 }
 
 #[async_trait]

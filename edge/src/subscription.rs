@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::hub::{ConnQueue, Hub, Registration};
 use crate::metrics::Metrics;
+use crate::server::direct::Direct;
 use crate::store::{PageLimit, Store, StoreError};
 use crate::wire::Event;
 
@@ -140,6 +141,7 @@ impl Subscriptions {
             live_streak: 0,
             fill_failures: 0,
             retry_at: None,
+            direct: None,
         }
     }
 }
@@ -162,9 +164,69 @@ pub struct Mux {
     fill_failures: u32,
     /// After a failed read: no history read before this moment.
     retry_at: Option<Instant>,
+    /// Direct writes ([`crate::server::direct`]): the hub writes live events
+    /// to the socket while the mux is parked with nothing to do.
+    direct: Option<Arc<Direct>>,
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        if let Some(d) = &self.direct {
+            d.close();
+        }
+    }
+}
+
+/// A parked mux: the hub may write directly until it is dropped.
+struct Parked(Arc<Direct>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        // What the hub wrote meanwhile is taken over at the next look
+        // ([`Mux::absorb_direct`]); only the idle flag is cleared here.
+        self.0.end_park();
+    }
 }
 
 impl Mux {
+    /// Lets the hub write this connection's live events to its socket while
+    /// the mux waits with nothing to do. Only for one task delivering every
+    /// event (SSE on the stream path); otherwise a no-op.
+    pub fn enable_direct(&mut self, direct: Arc<Direct>) {
+        if self.mode == Mode::All && self.subs.len() == 1 && self.tick.is_none() {
+            self.queue.set_direct(direct.clone());
+            self.direct = Some(direct);
+        }
+    }
+
+    /// Takes over the position direct writes advanced the subscription to.
+    fn absorb_direct(&mut self) {
+        let Some(d) = &self.direct else { return };
+        if let (Some((last, tag)), Some(sub)) = (d.take_advance(), self.subs.first_mut()) {
+            sub.last = last;
+            sub.last_tag = tag;
+            sub.known = true;
+        }
+    }
+
+    /// Parks for direct writes if the one subscription is live and has
+    /// nothing to deliver or read; `None` otherwise (events then queue).
+    fn park(&self) -> Option<Parked> {
+        let d = self.direct.as_ref()?;
+        let [sub] = self.subs.as_slice() else {
+            return None;
+        };
+        let live = sub.reg.is_some()
+            && !sub.done
+            && !sub.catching_up
+            && !sub.verify_last
+            && sub.pending.is_empty()
+            && sub.held.is_none()
+            && self.retry_at.is_none()
+            && !self.queue.flagged.load(Ordering::Acquire);
+        (live && d.park(sub.last, sub.last_tag)).then(|| Parked(d.clone()))
+    }
+
     /// The tasks followed, in the order they were opened.
     pub fn tasks(&self) -> impl ExactSizeIterator<Item = &TaskId> {
         self.subs.iter().map(|s| &s.task)
@@ -242,6 +304,7 @@ impl Mux {
     /// snapshot or reset, or a queued live event), or `None` if getting one
     /// needs to wait. Lets transports batch several events into one write.
     pub fn next_ready(&mut self) -> Option<Delivery> {
+        self.absorb_direct();
         self.take_flags();
         for (index, sub) in self.subs.iter_mut().enumerate() {
             if let Some(ev) = sub.pop_pending(self.mode) {
@@ -265,6 +328,9 @@ impl Mux {
     /// after an `.await` returns.
     pub async fn next(&mut self) -> Result<Option<Delivery>, StoreError> {
         loop {
+            // Before anything reads the position (a history read among
+            // them): what the hub wrote directly while this was parked.
+            self.absorb_direct();
             let starved = self.live_streak >= FILL_EVERY && self.fill_candidate().is_some();
             if !starved {
                 if let Some(d) = self.next_ready() {
@@ -301,6 +367,9 @@ impl Mux {
                 continue;
             }
             let retry_at = self.retry_at;
+            // Nothing to deliver or read: the hub may write to the socket
+            // directly while this waits (dropping the guard ends it).
+            let parked = self.park();
             // Every branch is cancel-safe (`notified`, `tick`,
             // `sleep_until`). A wake-up (an event queued, a subscription
             // flagged) is taken by `next_ready` at the top of the loop.
@@ -314,6 +383,7 @@ impl Mux {
                 }
                 () = sleep_until(retry_at) => self.retry_at = None,
             }
+            drop(parked);
         }
     }
 

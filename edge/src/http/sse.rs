@@ -40,7 +40,8 @@ use sluice_shared::position::{Cursor, Position};
 use super::admission::{admit, DRAIN_RETRY_MS, RETRY_MS};
 use super::extract::{Subscribe, SubscribeMany};
 use crate::error::ApiError;
-use crate::metrics::Transport;
+use crate::metrics::{Transport, TransportLabel};
+use crate::server::direct::{Direct, StreamSocket};
 use crate::server::io::Peer;
 use crate::session::{Conn, End, Framing, Heard, Session, Sessions};
 use crate::subscription::{Delivery, Mode, Opened, Start};
@@ -52,11 +53,13 @@ pub const REFUSED: header::HeaderName = header::HeaderName::from_static("sluice-
 pub async fn subscribe(
     State(sessions): State<Arc<Sessions>>,
     peer: Option<Extension<Arc<Peer>>>,
+    socket: Option<Extension<StreamSocket>>,
     headers: HeaderMap,
     Subscribe { task, start }: Subscribe,
 ) -> Response {
     let peer = peer.map(|Extension(p)| p);
-    match open(&sessions, task, start, peer).await {
+    let socket = socket.map(|Extension(s)| s);
+    match open(&sessions, task, start, peer, socket).await {
         Ok(resp) => resp,
         Err(e) => refusal(e, &headers),
     }
@@ -84,18 +87,39 @@ pub async fn subscribe_many(
     }
 }
 
+/// One task's stream. On the stream path (`socket`) the hub writes its live
+/// events straight to the socket while the session has nothing else to do
+/// ([`crate::server::direct`]).
 async fn open(
     sessions: &Arc<Sessions>,
     task: TaskId,
     start: Start,
     peer: Option<Arc<Peer>>,
+    socket: Option<StreamSocket>,
 ) -> Result<Response, ApiError> {
     let guard = admit(sessions, Transport::Sse)?;
     let mut mux = sessions.subscriptions.mux(Mode::All, true);
     if mux.open(task.clone(), start).await? == Opened::Finished {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let conn = Conn::new(&sessions.metrics, Transport::Sse, Some(&task), guard, peer);
+    let mut conn = Conn::new(&sessions.metrics, Transport::Sse, Some(&task), guard, peer);
+    if let Some(socket) = socket {
+        let delivered = sessions
+            .metrics
+            .delivered
+            .get_or_create(&TransportLabel {
+                transport: Transport::Sse,
+            })
+            .clone();
+        let direct = Arc::new(Direct::new(
+            socket.socket.clone(),
+            delivered,
+            sessions.metrics.clone(),
+        ));
+        mux.enable_direct(direct.clone());
+        socket.put(direct.clone());
+        conn = conn.with_direct(direct);
+    }
     let session = Session::new(sessions, conn, mux, SseFrames::start(None), None);
     Ok(event_stream(body(session)))
 }

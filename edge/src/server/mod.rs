@@ -30,6 +30,7 @@
 //! stops accepting and every connection is shut down gracefully (an
 //! in-flight response completes, keep-alive ends).
 
+pub mod direct;
 pub mod io;
 pub mod stream;
 pub mod upgrade;
@@ -48,7 +49,8 @@ use tower::ServiceExt as _;
 
 use tokio::io::AsyncWriteExt as _;
 
-use self::io::{Guarded, Peer, Slot};
+use self::direct::StreamSocket;
+use self::io::{Guarded, Peer, SharedTcp, Slot};
 use self::stream::{After, Prefixed, Sniffed};
 use crate::lifecycle::Tasks;
 use crate::metrics::Metrics;
@@ -195,8 +197,9 @@ async fn connection(
     stop: CancellationToken,
 ) {
     let peer = Arc::new(Peer::default());
+    let stream = Arc::new(stream);
     let mut io = Guarded::new(
-        stream,
+        SharedTcp(stream.clone()),
         limits.write_timeout,
         peer.clone(),
         metrics.clone(),
@@ -225,6 +228,9 @@ async fn connection(
             Ok(Ok(Sniffed::Stream { request, close })) => (request, close),
         };
         request.extensions_mut().insert(peer.clone());
+        request
+            .extensions_mut()
+            .insert(StreamSocket::new(stream.clone()));
         match stream::respond(&mut io, &app, *request, close).await {
             Ok(After::KeepAlive) if !stop.is_cancelled() => {}
             Ok(After::KeepAlive | After::Close) => {
@@ -256,7 +262,7 @@ async fn connection(
 /// Serves the rest of a connection through the HTTP layer (hyper), the
 /// bytes already read first.
 async fn general(
-    io: Prefixed<Guarded<TcpStream>>,
+    io: Prefixed<Guarded<SharedTcp>>,
     peer: Arc<Peer>,
     app: Router,
     http: Arc<hyper::server::conn::http1::Builder>,

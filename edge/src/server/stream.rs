@@ -35,6 +35,7 @@ use futures_util::StreamExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tower::ServiceExt as _;
 
+use super::direct::{chunk_prefix, Direct, StreamSocket};
 use super::upgrade::{OnSocket, UpgradeSlot};
 
 /// Longest request head read on this path. A longer one goes to the HTTP
@@ -209,6 +210,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let slot = request.extensions().get::<UpgradeSlot>().cloned();
+    let socket = request.extensions().get::<StreamSocket>().cloned();
     let response = match app.clone().oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -280,6 +282,9 @@ where
     head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
     io.write_all(&head).await?;
     drop(head);
+    // Direct writes, if the handler enabled them: the part of a frame the
+    // socket did not take is written here before anything else.
+    let direct = socket.and_then(|s| s.take());
     let mut chunks = body.into_data_stream();
     // The peer says nothing on a stream; a read that returns is its close
     // (or bytes it should not send, dropped).
@@ -287,8 +292,13 @@ where
     loop {
         tokio::select! {
             biased;
+            () = carried(direct.as_deref()) => {}
             next = chunks.next() => match next {
-                Some(Ok(chunk)) => write_chunk(io, &chunk).await?,
+                Some(Ok(chunk)) => {
+                    write_carry(io, direct.as_deref()).await?;
+                    write_chunk(io, &chunk).await?;
+                    continue;
+                }
                 Some(Err(e)) => return Err(io::Error::other(e)),
                 None => break,
             },
@@ -297,9 +307,28 @@ where
                 _ => continue,
             },
         }
+        write_carry(io, direct.as_deref()).await?;
     }
+    write_carry(io, direct.as_deref()).await?;
     io.write_all(b"0\r\n\r\n").await?;
     Ok(after)
+}
+
+/// Resolves when a direct write left part of a frame to write; never
+/// without direct writes.
+async fn carried(direct: Option<&Direct>) {
+    match direct {
+        Some(d) => d.carry_ready.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what a direct write left, if anything.
+async fn write_carry<W: AsyncWrite + Unpin>(io: &mut W, direct: Option<&Direct>) -> io::Result<()> {
+    match direct.and_then(Direct::take_carry) {
+        Some(rest) => io.write_all(&rest).await,
+        None => Ok(()),
+    }
 }
 
 /// Writes one chunk (`{len:x}\r\n{data}\r\n`) with vectored writes: one
@@ -333,18 +362,6 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
         IoSlice::advance_slices(&mut slices, written);
     }
     Ok(())
-}
-
-/// `{len:x}\r\n` into `out`; its length.
-fn chunk_prefix(len: usize, out: &mut [u8; 18]) -> usize {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
-        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
-    }
-    out[digits] = b'\r';
-    out[digits + 1] = b'\n';
-    digits + 2
 }
 
 /// A socket with bytes already read from it in front: the HTTP layer reads
@@ -472,21 +489,6 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(other)
             );
-        }
-    }
-
-    #[test]
-    fn chunk_prefixes_are_hex_lengths() {
-        let mut out = [0u8; 18];
-        for (len, want) in [
-            (1usize, "1\r\n"),
-            (15, "f\r\n"),
-            (16, "10\r\n"),
-            (4096, "1000\r\n"),
-            (usize::MAX, "ffffffffffffffff\r\n"),
-        ] {
-            let n = chunk_prefix(len, &mut out);
-            assert_eq!(std::str::from_utf8(&out[..n]).expect("ascii"), want);
         }
     }
 

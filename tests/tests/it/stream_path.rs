@@ -315,3 +315,136 @@ async fn a_websocket_clients_pings_are_answered() {
         assert_eq!(&pong[..], payload);
     }
 }
+
+/// The seqs of a raw chunked SSE response, in order, decoded strictly: the
+/// chunked framing must be exact (every length right, every chunk ended by
+/// CRLF, the terminator last), and every event's `data:` an envelope.
+fn seqs(raw: &[u8]) -> Vec<u64> {
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let mut rest = &raw[at..];
+    let mut body = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).expect("ascii"), 16)
+            .expect("a hex chunk size");
+        rest = &rest[line + 2..];
+        if size == 0 {
+            assert_eq!(rest, b"\r\n", "nothing after the terminator");
+            break;
+        }
+        assert!(rest.len() >= size + 2, "a whole chunk");
+        body.extend_from_slice(&rest[..size]);
+        assert_eq!(&rest[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+        rest = &rest[size + 2..];
+    }
+    let text = String::from_utf8(body).expect("UTF-8");
+    text.split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| {
+            let v: serde_json::Value = serde_json::from_str(data).expect("an envelope");
+            v["seq"].as_u64().expect("a seq")
+        })
+        .collect()
+}
+
+/// Live events of a one-task stream are written by the hub straight to the
+/// socket while the session waits (`direct_writes_total` counts them): every
+/// seq still arrives once, in order, for a reader that keeps up and for one
+/// that reads nothing until all are published (its socket fills, takes a
+/// frame in part, and the rest is written by the connection's own writer
+/// before anything else).
+#[tokio::test]
+async fn direct_writes_deliver_every_event_once_in_order() {
+    sluice_tests::init_logs();
+    let edge = edge().await;
+    let m = edge.state.metrics.clone();
+    let task = unique_task("direct");
+    let request = get(&format!("/v1/tasks/{task}/events?after=0"), false);
+    let mut fast = TcpStream::connect(edge.addr).await.expect("connect");
+    fast.write_all(&request).await.expect("request");
+    // A small receive window: frames of ~3 KB fill it at once.
+    let slow = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        s.connect(&edge.addr.into()).expect("connect");
+        s.set_nonblocking(true).expect("nonblocking");
+        TcpStream::from_std(s.into()).expect("tokio stream")
+    };
+    let mut slow = slow;
+    slow.write_all(&request).await.expect("request");
+    // What each stream sent before the first event (its head, `retry:`).
+    let mut started = [Vec::new(), Vec::new()];
+    for (s, got) in [&mut fast, &mut slow].into_iter().zip(started.iter_mut()) {
+        read_until(s, got, b"retry: ").await;
+    }
+    let [fast_start, slow_start] = started;
+    wait_until("both sessions", T, || async {
+        m.connections_of(Transport::Sse) == 2
+    })
+    .await;
+    let before = m.direct_writes.get();
+    const N: u64 = 300;
+    let publisher = {
+        let url = edge.url(&format!("/v1/tasks/{task}/events"));
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let pad = "x".repeat(40_000);
+            for i in 1..=N {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .json(
+                        &json!({"type": "progress", "data": {"i": i, "pad": pad}, "final": i == N}),
+                    )
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(r.status(), 201);
+            }
+        })
+    };
+    let (published_tx, published_rx) = tokio::sync::oneshot::channel::<()>();
+    let publisher = tokio::spawn(async move {
+        publisher.await.expect("publisher");
+        let _ = published_tx.send(());
+    });
+    let read_all = |mut s: TcpStream,
+                    mut got: Vec<u8>,
+                    wait: Option<tokio::sync::oneshot::Receiver<()>>| async move {
+        if let Some(wait) = wait {
+            let _ = wait.await;
+        }
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let mut chunk = [0u8; 1024];
+            while !got.ends_with(b"\r\n0\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the stream ends after the final event");
+        got
+    };
+    let (fast, slow) = tokio::join!(
+        read_all(fast, fast_start, None),
+        read_all(slow, slow_start, Some(published_rx)),
+    );
+    publisher.await.expect("publisher");
+    let want: Vec<u64> = (1..=N).collect();
+    assert_eq!(seqs(&fast), want, "the reader that keeps up");
+    assert_eq!(seqs(&slow), want, "the reader that stalled");
+    assert!(
+        m.direct_writes.get() > before,
+        "no event was written directly"
+    );
+}

@@ -35,6 +35,9 @@ use crate::store::FeedSink;
 pub const BLOCK: Duration = Duration::from_secs(2);
 /// Entries per read.
 pub const BATCH: usize = 1024;
+/// Largest reply whose events may be written to idle connections from the
+/// reader's task ([`crate::server::direct`]).
+pub const DIRECT_MAX_ENTRIES: usize = 8;
 /// How often the reader checks that it did not lose entries.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long a cancelled read may take to return after `CLIENT UNBLOCK`.
@@ -402,9 +405,22 @@ impl FeedReader {
             .collect())
     }
 
-    /// Counts and delivers the entries of one `XREADGROUP` reply.
+    /// Counts and delivers the entries of one `XREADGROUP` reply. Events
+    /// of a small reply are written to idle connections from here; a large
+    /// one (the node is busy) goes through the connections' queues, so
+    /// their own tasks write in parallel and the next read is not held
+    /// back by every subscriber's write.
     fn dispatch(&self, reply: &Value, counts: &mut [ShardCount]) {
-        for (stream, entries) in resp::stream_replies(reply) {
+        let replies = resp::stream_replies(reply);
+        let total: usize = replies
+            .iter()
+            .map(|(_, entries)| match entries {
+                Value::Array(items) => items.len(),
+                _ => 0,
+            })
+            .sum();
+        self.sink.allow_direct(total <= DIRECT_MAX_ENTRIES);
+        for (stream, entries) in replies {
             let shard = self
                 .settings
                 .feeds
