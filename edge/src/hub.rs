@@ -13,7 +13,8 @@
 //! next ones in the same batch without another wake-up.
 //!
 //! The lock is a short `std::sync::Mutex` section that never spans an
-//! `.await` and never does I/O.
+//! `.await`. The only I/O under it is a direct write's one non-blocking
+//! `writev` to an idle connection ([`crate::server::direct`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

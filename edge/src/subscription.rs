@@ -304,7 +304,6 @@ impl Mux {
     /// snapshot or reset, or a queued live event), or `None` if getting one
     /// needs to wait. Lets transports batch several events into one write.
     pub fn next_ready(&mut self) -> Option<Delivery> {
-        self.absorb_direct();
         self.take_flags();
         for (index, sub) in self.subs.iter_mut().enumerate() {
             if let Some(ev) = sub.pop_pending(self.mode) {
@@ -329,7 +328,9 @@ impl Mux {
     pub async fn next(&mut self) -> Result<Option<Delivery>, StoreError> {
         loop {
             // Before anything reads the position (a history read among
-            // them): what the hub wrote directly while this was parked.
+            // them): what the hub wrote directly while this was parked. The
+            // hub writes only while `next` is parked, so this is the one
+            // place to take it over.
             self.absorb_direct();
             let starved = self.live_streak >= FILL_EVERY && self.fill_candidate().is_some();
             if !starved {

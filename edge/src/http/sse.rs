@@ -40,7 +40,7 @@ use sluice_shared::position::{Cursor, Position};
 use super::admission::{admit, DRAIN_RETRY_MS, RETRY_MS};
 use super::extract::{Subscribe, SubscribeMany};
 use crate::error::ApiError;
-use crate::metrics::{Transport, TransportLabel};
+use crate::metrics::Transport;
 use crate::server::direct::{Direct, StreamSocket};
 use crate::server::io::Peer;
 use crate::session::{Conn, End, Framing, Heard, Session, Sessions};
@@ -104,18 +104,7 @@ async fn open(
     }
     let mut conn = Conn::new(&sessions.metrics, Transport::Sse, Some(&task), guard, peer);
     if let Some(socket) = socket {
-        let delivered = sessions
-            .metrics
-            .delivered
-            .get_or_create(&TransportLabel {
-                transport: Transport::Sse,
-            })
-            .clone();
-        let direct = Arc::new(Direct::new(
-            socket.socket.clone(),
-            delivered,
-            sessions.metrics.clone(),
-        ));
+        let direct = Arc::new(Direct::new(socket.socket.clone(), sessions.metrics.clone()));
         mux.enable_direct(direct.clone());
         socket.put(direct.clone());
         conn = conn.with_direct(direct);

@@ -31,7 +31,7 @@ use sluice_shared::Seq;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Transport, TransportLabel};
 use crate::wire::Event;
 
 /// One connection's direct-write state.
@@ -69,7 +69,14 @@ impl std::fmt::Debug for Direct {
 }
 
 impl Direct {
-    pub fn new(socket: Arc<TcpStream>, delivered: Counter, metrics: Arc<Metrics>) -> Self {
+    /// Direct writes to an SSE stream's `socket`, counted in `metrics`.
+    pub fn new(socket: Arc<TcpStream>, metrics: Arc<Metrics>) -> Self {
+        let delivered = metrics
+            .delivered
+            .get_or_create(&TransportLabel {
+                transport: Transport::Sse,
+            })
+            .clone();
         Direct {
             socket,
             state: Mutex::new(State::default()),

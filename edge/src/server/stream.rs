@@ -292,22 +292,19 @@ where
     loop {
         tokio::select! {
             biased;
-            () = carried(direct.as_deref()) => {}
+            () = carried(direct.as_deref()) => write_carry(io, direct.as_deref()).await?,
             next = chunks.next() => match next {
                 Some(Ok(chunk)) => {
                     write_carry(io, direct.as_deref()).await?;
                     write_chunk(io, &chunk).await?;
-                    continue;
                 }
                 Some(Err(e)) => return Err(io::Error::other(e)),
                 None => break,
             },
-            read = io.read(&mut probe) => match read? {
-                0 => return Ok(After::Close),
-                _ => continue,
+            read = io.read(&mut probe) => if read? == 0 {
+                return Ok(After::Close);
             },
         }
-        write_carry(io, direct.as_deref()).await?;
     }
     write_carry(io, direct.as_deref()).await?;
     io.write_all(b"0\r\n\r\n").await?;

@@ -233,6 +233,18 @@ fn exposition_lookups_are_exact() {
     }
 }
 
+/// The `reason` label values of `connections_refused_total`, as the README
+/// lists them.
+const REFUSAL_REASONS: &[&str] = &[
+    "connection_limit",
+    "connect_rate",
+    "draining",
+    "unauthorized",
+    "forbidden",
+    "bad_request",
+    "unavailable",
+];
+
 #[tokio::test]
 async fn metrics_after_a_known_workload() {
     sluice_tests::init_logs();
@@ -282,18 +294,7 @@ async fn metrics_after_a_known_workload() {
     // lists (a query written `transport="sse"` must match).
     let documented: BTreeMap<&str, &[&str]> = BTreeMap::from([
         ("transport", &["sse", "ws"][..]),
-        (
-            "reason",
-            &[
-                "connection_limit",
-                "connect_rate",
-                "draining",
-                "unauthorized",
-                "forbidden",
-                "bad_request",
-                "unavailable",
-            ][..],
-        ),
+        ("reason", REFUSAL_REASONS),
         ("op", &["publish", "snapshot", "history", "ping"][..]),
     ]);
     let mut seen: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
@@ -469,18 +470,7 @@ async fn grafana_dashboard_queries_name_exported_metrics() {
 
     let allowed_values: [(&str, &[&str]); 3] = [
         ("transport", &["sse", "ws"]),
-        (
-            "reason",
-            &[
-                "connection_limit",
-                "connect_rate",
-                "draining",
-                "unauthorized",
-                "forbidden",
-                "bad_request",
-                "unavailable",
-            ],
-        ),
+        ("reason", REFUSAL_REASONS),
         ("op", &["publish", "snapshot", "history", "ping"]),
     ];
     for expr in &exprs {
