@@ -18,8 +18,7 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use sluice_shared::keys;
 
-use crate::error::{classify, ErrorClass};
-use crate::resp;
+use crate::function::FeedsFn;
 
 /// What one node last reported in its heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -108,47 +107,54 @@ impl NodeInfo {
     }
 }
 
-/// One consumer group on a shard feed.
+/// One consumer group across the feeds of a shard.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GroupInfo {
     pub group: String,
     /// The node id when the group is an edge's (`edge:<id>`).
     pub node: Option<String>,
-    /// Entries in the feed the group has not read; `None` when Redis cannot
-    /// tell.
-    pub lag: Option<u64>,
-    pub entries_read: Option<u64>,
+    /// Feeds of the shard where the group exists (for an edge: the feeds it
+    /// follows there).
+    pub feeds: u32,
+    /// Entries of those feeds the group has not read, where Redis knows.
+    pub lag: u64,
+    /// Feeds where Redis cannot tell the group's lag (after some trims).
+    pub unknown: u32,
 }
 
-/// One shard feed.
+/// One shard (hash tag): its feeds' total length and who follows them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShardStats {
     pub shard: u32,
-    pub feed: String,
+    /// Feeds of the shard that exist (were written to or followed).
+    pub feeds: u32,
     pub length: u64,
     pub groups: Vec<GroupInfo>,
 }
 
 impl ShardStats {
-    /// The largest known lag of any edge group on this shard.
+    /// The largest lag of any edge group on this shard.
     pub fn max_lag(&self) -> Option<u64> {
         self.groups
             .iter()
             .filter(|g| g.node.is_some())
-            .filter_map(|g| g.lag)
+            .map(|g| g.lag)
             .max()
     }
 }
 
-/// A node's lag summed over the shards where Redis knows it.
+/// A node's feeds and lag over the shards, as Redis counts them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct NodeLag {
     pub total: u64,
+    /// The largest lag on one shard.
     pub max: u64,
-    /// Shards where the node has a group.
-    pub groups: u32,
-    /// Shards where Redis reports the lag as unknown.
+    /// Feeds the node follows (has a group on).
+    pub feeds: u32,
+    /// Feeds where Redis reports the lag as unknown.
     pub unknown: u32,
+    /// Lag per shard where the node follows a feed: `(shard, feeds, lag)`.
+    pub shards: Vec<(u32, u32, u64)>,
 }
 
 /// A registered node with its age and lag.
@@ -224,37 +230,59 @@ pub async fn read_nodes<C: ConnectionLike + Send>(
         .collect())
 }
 
-/// Length and consumer groups of every shard feed.
+/// Every shard's feeds, legacy feed included: one `sluice_feeds_stats`
+/// call per shard (its keys share a slot).
 pub async fn feed_stats<C: ConnectionLike + Send>(
     conn: &mut C,
     shards: u32,
 ) -> redis::RedisResult<Vec<ShardStats>> {
-    let feeds = keys::feed_keys(shards);
-    let mut lengths: Vec<u64> = Vec::with_capacity(feeds.len());
-    for f in &feeds {
-        lengths.push(redis::cmd("XLEN").arg(f).query_async(conn).await?);
-    }
-    let mut out = Vec::with_capacity(feeds.len());
-    for (shard, (feed, length)) in feeds.into_iter().zip(lengths).enumerate() {
-        let groups = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&feed)
-            .query_async::<Value>(conn)
-            .await
-        {
-            Ok(v) => parse_groups(&v),
-            // A feed nobody created yet has no groups.
-            Err(e) if classify(&e) == ErrorClass::NoSuchKey => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        out.push(ShardStats {
-            shard: shard as u32,
-            feed,
-            length,
-            groups,
-        });
+    let mut out = Vec::with_capacity(shards as usize);
+    for shard in 0..shards.max(1) {
+        let feeds: Vec<String> = keys::FeedId::of_shard(shard, true)
+            .map(|f| f.key())
+            .collect();
+        let reply: Value = FeedsFn::Stats.query(conn, &feeds, None).await?;
+        out.push(parse_shard_stats(shard, &reply));
     }
     Ok(out)
+}
+
+/// A `sluice_feeds_stats` reply (pure; malformed parts read as zero).
+pub fn parse_shard_stats(shard: u32, reply: &Value) -> ShardStats {
+    let items: &[Value] = match reply {
+        Value::Array(items) => items,
+        _ => &[],
+    };
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    let groups = items
+        .iter()
+        .skip(2)
+        .filter_map(|g| match g {
+            Value::Array(f) => {
+                let name = match f.first() {
+                    Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    _ => return None,
+                };
+                Some(GroupInfo {
+                    node: keys::group_node(&name).map(str::to_owned),
+                    feeds: int(f.get(1)) as u32,
+                    lag: int(f.get(2)),
+                    unknown: int(f.get(3)) as u32,
+                    group: name,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    ShardStats {
+        shard,
+        length: int(items.first()),
+        feeds: int(items.get(1)) as u32,
+        groups,
+    }
 }
 
 /// Reads the registry and the feeds into one view, ages measured on the
@@ -284,14 +312,11 @@ pub fn assemble(
                 continue;
             };
             let l = lags.entry(node).or_default();
-            l.groups += 1;
-            match g.lag {
-                Some(n) => {
-                    l.total += n;
-                    l.max = l.max.max(n);
-                }
-                None => l.unknown += 1,
-            }
+            l.feeds += g.feeds;
+            l.unknown += g.unknown;
+            l.total += g.lag;
+            l.max = l.max.max(g.lag);
+            l.shards.push((s.shard, g.feeds, g.lag));
         }
     }
     let registered: std::collections::HashSet<&str> = infos.iter().map(|i| i.id.as_str()).collect();
@@ -322,20 +347,6 @@ pub fn assemble(
         shards,
         orphan_groups,
     }
-}
-
-/// The groups of an `XINFO GROUPS` reply (read by [`resp::xinfo_groups`]),
-/// each with its node when it is an edge's group.
-pub fn parse_groups(reply: &Value) -> Vec<GroupInfo> {
-    resp::xinfo_groups(reply)
-        .into_iter()
-        .map(|g| GroupInfo {
-            node: keys::group_node(&g.name).map(str::to_owned),
-            lag: g.lag,
-            entries_read: g.entries_read,
-            group: g.name,
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -379,43 +390,33 @@ mod tests {
     }
 
     #[test]
-    fn parses_xinfo_groups_and_joins_lag() {
+    fn parses_shard_stats_and_joins_lag() {
+        let group = |name: &str, feeds: i64, lag: i64, unknown: i64| {
+            Value::Array(vec![
+                bulk(name),
+                Value::Int(feeds),
+                Value::Int(lag),
+                Value::Int(unknown),
+            ])
+        };
         let reply = Value::Array(vec![
-            Value::Array(vec![
-                bulk("name"),
-                bulk("edge:a"),
-                bulk("entries-read"),
-                Value::Int(7),
-                bulk("lag"),
-                Value::Int(3),
-            ]),
-            Value::Array(vec![
-                bulk("name"),
-                bulk("edge:ghost"),
-                bulk("lag"),
-                Value::Nil,
-            ]),
-            Value::Array(vec![
-                bulk("name"),
-                bulk("reporting"),
-                bulk("lag"),
-                Value::Int(1),
-            ]),
+            Value::Int(10),
+            Value::Int(4),
+            group("edge:a", 3, 3, 0),
+            group("edge:ghost", 1, 0, 1),
+            group("reporting", 1, 1, 0),
+            Value::Int(7),
         ]);
-        let groups = parse_groups(&reply);
+        let shard = parse_shard_stats(5, &reply);
+        assert_eq!((shard.shard, shard.length, shard.feeds), (5, 10, 4));
+        let groups = &shard.groups;
         assert_eq!(groups.len(), 3);
         assert_eq!(groups[0].node.as_deref(), Some("a"));
-        assert_eq!(groups[0].lag, Some(3));
-        assert_eq!(groups[0].entries_read, Some(7));
-        assert_eq!(groups[1].lag, None);
+        assert_eq!((groups[0].feeds, groups[0].lag), (3, 3));
+        assert_eq!(groups[1].unknown, 1);
         assert_eq!(groups[2].node, None);
-        let shard = ShardStats {
-            shard: 0,
-            feed: keys::feed_key(0),
-            length: 10,
-            groups,
-        };
         assert_eq!(shard.max_lag(), Some(3));
+        assert_eq!(parse_shard_stats(1, &Value::Nil).groups, vec![]);
         let info = NodeInfo {
             id: "a".into(),
             started_ms: 0,
@@ -429,7 +430,8 @@ mod tests {
             4_000,
         );
         assert_eq!(s.nodes[0].lag.total, 3);
-        assert_eq!(s.nodes[0].lag.groups, 1);
+        assert_eq!(s.nodes[0].lag.feeds, 3);
+        assert_eq!(s.nodes[0].lag.shards, vec![(5, 3, 3)]);
         assert!(s.nodes[0].stale, "3 s without a heartbeat > 2 s grace");
         assert_eq!(s.nodes[0].uptime_secs, 4);
         assert_eq!(s.orphan_groups, vec!["edge:ghost".to_owned()]);

@@ -22,8 +22,12 @@ use crate::function;
 
 /// Default cap of a task's history (entries kept in its log).
 pub const DEFAULT_LOG_CAP: u64 = 10_000;
-/// Default cap of a shard feed (it is only for live tailing).
-pub const DEFAULT_FEED_CAP: u64 = 10_000;
+/// Default cap of one feed, in entries (approximate: Redis trims whole
+/// stream nodes, so a feed holds up to about 100 more). A feed is only for
+/// live tailing; an edge that falls further behind re-reads the task logs.
+/// With 64 feeds per shard, 16 shards hold at most about 1 024 × 356
+/// entries.
+pub const DEFAULT_FEED_CAP: u64 = 256;
 /// Default expiry of an open task that receives no events.
 pub const DEFAULT_IDLE_TTL_SECS: u64 = 24 * 3600;
 /// Default retention of a closed task.
@@ -143,6 +147,11 @@ pub struct PublisherConfig {
     pub wait_replicas: u32,
     /// How long a publish waits for those replicas.
     pub wait_timeout: std::time::Duration,
+    /// Write each event to its shard's legacy feed (the first schema's
+    /// one feed per shard) instead of its own feed: a migration step, while
+    /// edges of the first schema still run (README "Migrating from 16
+    /// feeds").
+    pub legacy_feeds: bool,
 }
 
 impl Default for PublisherConfig {
@@ -157,6 +166,7 @@ impl Default for PublisherConfig {
             pool_size: connect::DEFAULT_POOL_SIZE,
             wait_replicas: 0,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
+            legacy_feeds: false,
         }
     }
 }
@@ -291,7 +301,11 @@ impl Publisher {
                 max: self.config.max_data_bytes,
             });
         }
-        let keys = TaskKeys::new(task, self.config.shards);
+        let keys = if self.config.legacy_feeds {
+            TaskKeys::legacy(task, self.config.shards)
+        } else {
+            TaskKeys::new(task, self.config.shards)
+        };
         let mut cmd = redis::cmd("FCALL");
         cmd.arg(function::NAME)
             .arg(3)

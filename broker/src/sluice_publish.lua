@@ -8,12 +8,27 @@
 --
 -- <data> is the event's data as MessagePack; <final> is "1" or "0";
 -- <idempotency_key> is "" for none. The optional limits default to
--- 10000, 10000, 86400, 86400, 65536.
+-- 10000, 256, 86400, 86400, 65536.
 --
 -- Reply: {seq, ts_ms, duplicate} where duplicate is 1 when the idempotency
 -- key was already used for this task (seq is then the first publish's seq
 -- and nothing was written).
 -- Errors: "SLUICE_CLOSED ...", "SLUICE_INVALID ...", "SLUICE_TOO_LARGE ...".
+--
+-- The library also holds the edges' feed bookkeeping (one call per shard,
+-- whose feeds share a hash tag, so one Redis Cluster slot):
+--
+-- FCALL sluice_feeds_join <n> <feed...> <group>
+--   creates the group on each feed at its current end ('$', MKSTREAM); a
+--   group that exists is kept where it is. Reply: how many were created.
+-- FCALL sluice_feeds_leave <n> <feed...> <group>
+--   destroys the group on each feed that has it. Reply: how many.
+-- FCALL sluice_feeds_check <n> <feed...> <group>
+--   {entries-added, length, group's entries-read} per feed, -1 where
+--   unknown (no feed, no group, or Redis does not know the count).
+-- FCALL sluice_feeds_stats <n> <feed...>
+--   {total length, feeds that exist, {group, feeds, lag sum, feeds with
+--   unknown lag}...}: one shard's summary for `sluice status`.
 
 local function valid_name(s, max)
   return type(s) == 'string' and #s >= 1 and #s <= max and string.find(s, '^[A-Za-z0-9_%-%.:]+$') ~= nil
@@ -29,7 +44,7 @@ local function publish(keys, args)
   local log, meta, feed = keys[1], keys[2], keys[3]
   local task, etype, data, final, idem = args[1], args[2], args[3], args[4], args[5]
   local log_cap = num(args[6], 10000)
-  local feed_cap = num(args[7], 10000)
+  local feed_cap = num(args[7], 256)
   local idle_ttl = num(args[8], 86400)
   local retention = num(args[9], 86400)
   local max_data = num(args[10], 65536)
@@ -122,4 +137,91 @@ local function publish(keys, args)
   return {seq, ts, 0}
 end
 
+-- The value of `name` in a flat RESP2 field list {k1, v1, k2, v2, ...}
+-- (what XINFO replies are inside a script); false for a null.
+local function field(t, name)
+  for i = 1, #t, 2 do
+    if t[i] == name then return t[i + 1] end
+  end
+  return nil
+end
+
+local function feeds_join(keys, args)
+  local group = args[1]
+  local created = 0
+  for _, k in ipairs(keys) do
+    local r = redis.pcall('XGROUP', 'CREATE', k, group, '$', 'MKSTREAM')
+    if type(r) == 'table' and r.err then
+      if string.sub(r.err, 1, 9) ~= 'BUSYGROUP' then return redis.error_reply(r.err) end
+    else
+      created = created + 1
+    end
+  end
+  return created
+end
+
+local function feeds_leave(keys, args)
+  local destroyed = 0
+  for _, k in ipairs(keys) do
+    if redis.call('EXISTS', k) == 1 then
+      destroyed = destroyed + redis.call('XGROUP', 'DESTROY', k, args[1])
+    end
+  end
+  return destroyed
+end
+
+local function feeds_check(keys, args)
+  local out = {}
+  for _, k in ipairs(keys) do
+    local added, length, read = -1, -1, -1
+    if redis.call('EXISTS', k) == 1 then
+      local s = redis.call('XINFO', 'STREAM', k)
+      added = tonumber(field(s, 'entries-added')) or -1
+      length = tonumber(field(s, 'length')) or -1
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', k)) do
+        if field(g, 'name') == args[1] then
+          read = tonumber(field(g, 'entries-read')) or -1
+        end
+      end
+    end
+    out[#out + 1] = added
+    out[#out + 1] = length
+    out[#out + 1] = read
+  end
+  return out
+end
+
+local function feeds_stats(keys)
+  local length, existing = 0, 0
+  local groups, order = {}, {}
+  for _, k in ipairs(keys) do
+    if redis.call('EXISTS', k) == 1 then
+      existing = existing + 1
+      length = length + redis.call('XLEN', k)
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', k)) do
+        local name = field(g, 'name')
+        local e = groups[name]
+        if not e then
+          e = {0, 0, 0}
+          groups[name] = e
+          order[#order + 1] = name
+        end
+        e[1] = e[1] + 1
+        local lag = tonumber(field(g, 'lag'))
+        if lag then e[2] = e[2] + lag else e[3] = e[3] + 1 end
+      end
+    end
+  end
+  local out = {length, existing}
+  for _, name in ipairs(order) do
+    local e = groups[name]
+    out[#out + 1] = {name, e[1], e[2], e[3]}
+  end
+  return out
+end
+
 redis.register_function('sluice_publish', publish)
+redis.register_function('sluice_feeds_join', feeds_join)
+redis.register_function('sluice_feeds_leave', feeds_leave)
+redis.register_function('sluice_feeds_check', feeds_check)
+redis.register_function('sluice_feeds_stats', feeds_stats)

@@ -80,6 +80,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=16384))]
     pub shards: u32,
 
+    /// Seconds a feed stays followed after the last local subscription
+    /// that needed it ended (a reconnecting client finds it still joined).
+    #[arg(long, env = "SLUICE_FEED_GRACE_SECS", default_value_t = 30)]
+    pub feed_grace_secs: u64,
+
+    /// Migration from the first key schema (one feed per shard): publish to
+    /// the shards' legacy feeds and follow them as well as the new feeds.
+    /// README "Migrating from 16 feeds".
+    #[arg(long, env = "SLUICE_LEGACY_FEEDS")]
+    pub legacy_feeds: bool,
+
     /// Most client connections (SSE + WebSocket) this node holds.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -183,7 +194,8 @@ pub struct Config {
     #[arg(long, env = "SLUICE_LOG_CAP", default_value_t = sluice_broker::publisher::DEFAULT_LOG_CAP)]
     pub log_cap: u64,
 
-    /// Entries kept per shard feed.
+    /// Entries kept per feed (approximately: Redis trims whole stream
+    /// nodes). Feeds are only for live tailing.
     #[arg(long, env = "SLUICE_FEED_CAP", default_value_t = sluice_broker::publisher::DEFAULT_FEED_CAP)]
     pub feed_cap: u64,
 
@@ -273,6 +285,10 @@ impl Config {
         Duration::from_secs(self.drain_secs)
     }
 
+    pub fn feed_grace(&self) -> Duration {
+        Duration::from_secs(self.feed_grace_secs)
+    }
+
     pub fn node_grace(&self) -> Duration {
         Duration::from_secs(self.node_grace_secs)
     }
@@ -291,6 +307,7 @@ impl Config {
             max_data_bytes: self.max_data_bytes,
             wait_replicas: self.wait_replicas,
             wait_timeout: Duration::from_millis(self.wait_timeout_ms),
+            legacy_feeds: self.legacy_feeds,
             ..PublisherConfig::default()
         }
     }

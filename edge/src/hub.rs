@@ -17,12 +17,13 @@
 //! `writev` to an idle connection ([`crate::server::direct`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use sluice_shared::{StoredEvent, TaskId};
 use tokio::sync::Notify;
 
+use crate::interest::Interest;
 use crate::metrics::Metrics;
 use crate::server::direct::Direct;
 use crate::store::FeedSink;
@@ -118,7 +119,17 @@ pub struct SubShared {
     /// Set when the queue overflowed or the feed lost its place; the
     /// subscription then catches up from history.
     pub(crate) catch_up: AtomicBool,
+    /// Where the subscription stands with its feed's join: [`JOIN_WAITING`]
+    /// (registered before the feed was followed, has not read yet),
+    /// [`JOIN_RELEASED`] (the join happened first: its reads see
+    /// everything the feed does not carry) or [`JOIN_PROCEEDED`] (reads
+    /// without waiting: the feed was followed, or it gave up waiting).
+    join: AtomicU8,
 }
+
+const JOIN_PROCEEDED: u8 = 0;
+const JOIN_WAITING: u8 = 1;
+const JOIN_RELEASED: u8 = 2;
 
 impl SubShared {
     fn flag(&self) {
@@ -142,6 +153,8 @@ pub struct Hub {
     direct: AtomicBool,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
+    /// The feeds this node's subscriptions need (the readers follow them).
+    interest: Arc<Interest>,
 }
 
 /// A subscriber's membership in the hub. Dropping it unregisters.
@@ -166,7 +179,20 @@ impl Drop for Registration {
 }
 
 impl Hub {
+    /// A hub whose interest assumes the default shard count and grace.
     pub fn new(queue_capacity: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        let interest = Interest::new(
+            sluice_shared::DEFAULT_SHARDS,
+            crate::interest::DEFAULT_GRACE,
+        );
+        Hub::with_interest(queue_capacity, metrics, interest)
+    }
+
+    pub fn with_interest(
+        queue_capacity: usize,
+        metrics: Arc<Metrics>,
+        interest: Arc<Interest>,
+    ) -> Arc<Self> {
         Arc::new(Hub {
             inner: Mutex::new(Inner::default()),
             next_id: AtomicU64::new(1),
@@ -174,6 +200,7 @@ impl Hub {
             direct: AtomicBool::new(true),
             queue_capacity: queue_capacity.max(1),
             metrics,
+            interest,
         })
     }
 
@@ -196,12 +223,21 @@ impl Hub {
             id,
             conn: queue.clone(),
             catch_up: AtomicBool::new(false),
+            join: AtomicU8::new(JOIN_PROCEEDED),
         });
         {
             let mut inner = self.lock();
             let subs = inner.tasks.entry(task.as_str().to_owned()).or_default();
             if subs.is_empty() {
                 self.metrics.tasks_subscribed.inc();
+                // Under the hub's lock, so the count of a task's feed
+                // follows the map exactly.
+                self.interest.add(task.as_str());
+            }
+            // Under the hub's lock too: `joined` releases or flags every
+            // subscription of a joined feed under it.
+            if self.interest.pending(task.as_str()) {
+                shared.join.store(JOIN_WAITING, Ordering::Release);
             }
             subs.insert(id, shared.clone());
         }
@@ -223,6 +259,35 @@ impl Hub {
             if subs.is_empty() {
                 inner.tasks.remove(task);
                 self.metrics.tasks_subscribed.dec();
+                self.interest.remove(task);
+            }
+        }
+    }
+
+    /// Waits (at most [`crate::interest::JOIN_WAIT`]) until the feed of a
+    /// subscription registered before its feed was followed is joined, so
+    /// that its first history read comes after the group exists. Returns at
+    /// once when there is nothing to wait for.
+    pub async fn await_join(&self, reg: &Registration) {
+        let join = &reg.shared.join;
+        let deadline = tokio::time::Instant::now() + crate::interest::JOIN_WAIT;
+        loop {
+            let joined = self.interest.joined();
+            tokio::pin!(joined);
+            joined.as_mut().enable();
+            if join.load(Ordering::Acquire) != JOIN_WAITING {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                // Reads without the join; if it comes after all, the
+                // subscription is flagged to catch up then.
+                let _ = join.compare_exchange(
+                    JOIN_WAITING,
+                    JOIN_PROCEEDED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                return;
             }
         }
     }
@@ -289,10 +354,10 @@ impl FeedSink for Hub {
         }
     }
 
-    fn resync_shards(&self, shards: &[u32], total: u32) {
+    fn resync_tasks(&self, which: &dyn Fn(&str) -> bool) {
         let inner = self.lock();
         for (task, subs) in inner.tasks.iter() {
-            if !shards.contains(&sluice_shared::shard_of(task, total)) {
+            if !which(task) {
                 continue;
             }
             for sub in subs.values() {
@@ -307,6 +372,48 @@ impl FeedSink for Hub {
 
     fn allow_direct(&self, allow: bool) {
         self.direct.store(allow, Ordering::Relaxed);
+    }
+
+    fn interest(&self) -> Option<Arc<Interest>> {
+        Some(self.interest.clone())
+    }
+
+    fn joined(&self, feeds: &[sluice_shared::FeedId]) {
+        {
+            let inner = self.lock();
+            let shards = self.interest.shards();
+            for (task, subs) in inner.tasks.iter() {
+                if !feeds.contains(&sluice_shared::FeedId::of(task, shards)) {
+                    continue;
+                }
+                for sub in subs.values() {
+                    // A subscription still waiting reads after this: the
+                    // group exists. One that read already may have missed
+                    // events published between its read and the join.
+                    let released = sub.join.compare_exchange(
+                        JOIN_WAITING,
+                        JOIN_RELEASED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    if released.is_err() {
+                        sub.flag();
+                    }
+                }
+            }
+            self.interest.set_followed(feeds, true);
+        }
+    }
+
+    fn unfollowed(&self, shards: &[u32]) {
+        self.interest.unfollow_shards(shards);
+    }
+
+    fn feeds_changed(&self, joined: usize, left: usize) {
+        self.metrics.feeds_followed.inc_by(joined as i64);
+        self.metrics.feeds_followed.dec_by(left as i64);
+        self.metrics.feed_joins.inc_by(joined as u64);
+        self.metrics.feed_leaves.inc_by(left as u64);
     }
 
     fn report_lag(&self, shard: u32, lag: u64) {

@@ -25,7 +25,8 @@
 //! - [`subscription`]: a connection's tasks (`Mux`: one queue, history
 //!   read in turns, latest mode) and each task's verified position:
 //!   snapshot, resume, gap fill, catch-up, resets. [`hub`]: the live
-//!   fan-out into connections' queues.
+//!   fan-out into connections' queues; [`interest`]: which feeds those
+//!   subscriptions need (the feed readers follow only those).
 //!   [`wire`]: the encoding of events (SSE frame, JSON envelope).
 //! - [`store`]: the backend, memory and Redis (the Redis store holds the
 //!   live feed reader, `store::redis::feed`).
@@ -52,6 +53,7 @@ pub mod error;
 pub mod fdlimit;
 pub mod http;
 pub mod hub;
+pub mod interest;
 pub mod lifecycle;
 pub mod limits;
 pub mod metrics;

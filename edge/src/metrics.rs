@@ -148,6 +148,12 @@ pub struct Metrics {
     pub redis_duration: Family<OpLabel, Histogram, fn() -> Histogram>,
     pub redis_errors: Family<OpLabel, Counter>,
     pub feed_lag: Family<ShardLabel, Gauge>,
+    /// Feeds this node's consumer groups follow now.
+    pub feeds_followed: Gauge,
+    /// Feeds joined (group created at the feed's end) and left (group
+    /// destroyed after the grace period).
+    pub feed_joins: Counter,
+    pub feed_leaves: Counter,
     /// Open TCP connections: streams, requests and idle keep-alive.
     pub tcp_connections: Gauge,
     /// TCP connections answered 503 and closed: over `--max-open-connections`.
@@ -209,6 +215,9 @@ impl Metrics {
             redis_duration: Family::new_with_constructor(redis_histogram as fn() -> Histogram),
             redis_errors: Family::default(),
             feed_lag: Family::default(),
+            feeds_followed: Gauge::default(),
+            feed_joins: Counter::default(),
+            feed_leaves: Counter::default(),
             tcp_connections: Gauge::default(),
             tcp_refused: Counter::default(),
             accept_errors: Counter::default(),
@@ -327,8 +336,23 @@ impl Metrics {
         );
         r.register(
             "feed_lag",
-            "Feed entries not yet read by this node's consumer group, per shard (entries-added minus entries-read)",
+            "Feed entries not yet read by this node's consumer groups, summed over the feeds it follows in each shard (entries-added minus entries-read)",
             self.feed_lag.clone(),
+        );
+        r.register(
+            "feeds_followed",
+            "Feeds this node follows (has a consumer group on and reads)",
+            self.feeds_followed.clone(),
+        );
+        r.register(
+            "feed_joins",
+            "Feeds joined because a local subscription needed one of their tasks",
+            self.feed_joins.clone(),
+        );
+        r.register(
+            "feed_leaves",
+            "Feeds left after no local subscription needed them for the grace period",
+            self.feed_leaves.clone(),
         );
         r.register_with_unit(
             "delivery_latency",

@@ -290,7 +290,11 @@ fn parts(
         node_id,
         shards: config.shards,
         demo: config.demo,
-        hub: Hub::new(config.queue_capacity, metrics.clone()),
+        hub: Hub::with_interest(
+            config.queue_capacity,
+            metrics.clone(),
+            crate::interest::Interest::new(config.shards, config.feed_grace()),
+        ),
         limits: Arc::new(Limits::new(
             config.max_connections,
             config.max_connect_rate,

@@ -7,7 +7,7 @@
 //! same tick it sweeps: every node whose
 //! last heartbeat is older than the grace period (`--node-grace-secs`) is
 //! dead, and this node removes its consumer groups (`edge:<id>` on every
-//! shard feed) and its registry entries.
+//! feed of every shard, legacy feeds included) and its registry entries.
 //!
 //! Janitors never fight: a janitor first takes `sluice:node:<id>:reaping`
 //! with `SET NX PX` (other janitors skip that node), re-checks under the lock
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use sluice_broker::connect;
 use sluice_broker::connect::RedisPool as Pool;
-use sluice_broker::error::ErrorClass;
+use sluice_broker::function::FeedsFn;
 use sluice_broker::nodes::{self, ClusterStatus, NodeInfo};
 use sluice_shared::keys;
 use tokio_util::sync::CancellationToken;
@@ -103,7 +103,6 @@ pub fn spawn(
 pub struct Registry {
     pool: Pool,
     node_id: String,
-    feeds: Vec<String>,
     shards: u32,
     grace: Duration,
 }
@@ -113,7 +112,6 @@ impl Registry {
         Registry {
             pool,
             node_id: node_id.to_owned(),
-            feeds: keys::feed_keys(shards),
             shards,
             grace,
         }
@@ -280,20 +278,16 @@ impl Registry {
             _ => return Ok(false),
         }
         let group = keys::group_name(id);
-        let mut destroyed = 0u32;
-        for feed in &self.feeds {
-            let r: redis::RedisResult<i64> = redis::cmd("XGROUP")
-                .arg("DESTROY")
-                .arg(feed)
-                .arg(&group)
-                .query_async(conn)
-                .await;
-            match r {
-                Ok(n) => destroyed += n as u32,
-                // A feed that was never created holds no group.
-                Err(e) if sluice_broker::error::classify(&e) == ErrorClass::NoSuchKey => {}
-                Err(e) => return Err(e.into()),
-            }
+        // Every feed the node may have followed, legacy feeds included:
+        // one call per shard (its feeds share a slot).
+        let mut destroyed = 0i64;
+        for shard in 0..self.shards.max(1) {
+            let feeds: Vec<String> = keys::FeedId::of_shard(shard, true)
+                .map(|f| f.key())
+                .collect();
+            destroyed += FeedsFn::Leave
+                .query::<_, _, i64>(conn, &feeds, Some(&group))
+                .await?;
         }
         redis::cmd("DEL")
             .arg(keys::node_key(id))

@@ -198,14 +198,30 @@ pub trait FeedSink: Send + Sync {
     fn deliver(&self, event: &StoredEvent);
     /// The feed lost its place: every subscription must re-check history.
     fn resync(&self);
-    /// Re-syncs only the subscriptions whose task is in one of `shards`
-    /// (of `total`). By default, all of them.
-    fn resync_shards(&self, _shards: &[u32], _total: u32) {
+    /// Re-syncs only the subscriptions of the tasks `which` accepts (one
+    /// shard's, one feed's). By default, all of them.
+    fn resync_tasks(&self, _which: &dyn Fn(&str) -> bool) {
         self.resync();
     }
+    /// The feeds local subscriptions need: the reader follows only those.
+    /// `None` (the default): follow every feed.
+    fn interest(&self) -> Option<Arc<crate::interest::Interest>> {
+        None
+    }
+    /// The reader joined `feeds` (their groups exist now): subscriptions
+    /// that read history before cannot rely on the feed for what was
+    /// published in between. By default they all re-sync.
+    fn joined(&self, _feeds: &[sluice_shared::FeedId]) {
+        self.resync();
+    }
+    /// The reader of `shards` stopped reading (it lost Redis).
+    fn unfollowed(&self, _shards: &[u32]) {}
+    /// The readers joined `joined` feeds and left `left` (metrics).
+    fn feeds_changed(&self, _joined: usize, _left: usize) {}
     /// The feed is attached and delivering (readiness).
     fn set_live(&self, live: bool);
-    /// The node's consumer-group lag on one shard feed (metrics).
+    /// The node's consumer-group lag summed over the feeds it follows in
+    /// one shard (metrics).
     fn report_lag(&self, _shard: u32, _lag: u64) {}
     /// Whether the events about to be delivered may be written to idle
     /// connections' sockets from the reader's task

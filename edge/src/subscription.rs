@@ -261,8 +261,9 @@ impl Mux {
         self.subs.iter().all(|s| s.done && s.pending.is_empty())
     }
 
-    /// Follows `task` from `start`: registers with the hub first, then
-    /// reads the store (so no live event can fall between the read and the
+    /// Follows `task` from `start`: registers with the hub first (and waits
+    /// for the node to join the task's feed if it does not follow it yet),
+    /// then reads the store (so no live event can fall between the read and the
     /// registration), and verifies a tagged resume point. A task that is
     /// already followed is left as it is.
     pub async fn open(&mut self, task: TaskId, start: Start) -> Result<Opened, StoreError> {
@@ -274,6 +275,8 @@ impl Mux {
             });
         }
         let reg = self.ctx.hub.register(&task, &self.queue);
+        // A feed this node does not follow yet is joined first (bounded).
+        self.ctx.hub.await_join(&reg).await;
         let mut sub = Subscription {
             task,
             reg: Some(reg),

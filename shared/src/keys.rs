@@ -1,16 +1,29 @@
 //! The Redis key schema. Every key of one task shares the hash tag of its
 //! shard (`{s<shard>}`), so a publish touches a single Redis Cluster slot.
 //!
-//! - `sluice:{s<shard>}:feed`: the shard's feed stream (live tailing only)
+//! With `h` = FNV-1a 32 of the task id's bytes and `S` shards (hash tags):
+//! the task's shard is `h % S` and its feed `(h / S) % 64`
+//! ([`FEEDS_PER_SHARD`]), so a deployment has `S × 64` feeds, 64 under each
+//! hash tag. An edge follows only the feeds that hold tasks its clients
+//! watch, all feeds of one shard with one blocking read (one slot).
+//!
+//! - `sluice:{s<shard>}:feed:<feed>`: a feed stream (live tailing only)
 //! - `sluice:{s<shard>}:t:<task>:log`: the task's history, entry id `<seq>-0`
 //! - `sluice:{s<shard>}:t:<task>:meta`: hash with the task's last seq, state,
 //!   latest envelope, timestamps and idempotency keys
+//! - `sluice:{s<shard>}:feed`: the shard's one feed of the first schema
+//!   (every edge read all of them), still written and read during a
+//!   migration (`--legacy-feeds`)
 
 use crate::task::TaskId;
 
 /// Shard count used when none is configured. Every producer and edge of one
 /// deployment must use the same count.
 pub const DEFAULT_SHARDS: u32 = 16;
+
+/// Feeds under each shard's hash tag. Part of the key schema: every producer
+/// and edge computes feed keys with it.
+pub const FEEDS_PER_SHARD: u32 = 64;
 
 /// Prefix of the node registry keys and other deployment-wide keys.
 pub const PREFIX: &str = "sluice:";
@@ -33,28 +46,91 @@ pub fn shard_of(task: &str, shards: u32) -> u32 {
     fnv1a32(task.as_bytes()) % shards.max(1)
 }
 
-/// The feed stream of one shard.
-pub fn feed_key(shard: u32) -> String {
-    format!("sluice:{{s{shard}}}:feed")
+/// One feed stream: a shard (hash tag) and the feed under it, or the
+/// shard's single feed of the first schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeedId {
+    pub shard: u32,
+    /// `None`: the shard's legacy feed (`sluice:{s<shard>}:feed`).
+    pub feed: Option<u32>,
 }
 
-/// The shard of a feed key: the inverse of [`feed_key`]. `None` for any
-/// other key.
-pub fn feed_shard(key: &str) -> Option<u32> {
-    let digits = key.strip_prefix("sluice:{s")?.strip_suffix("}:feed")?;
-    // `u32::from_str` takes a leading `+`; feed_key never writes one.
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+impl FeedId {
+    /// The feed of a task: shard `h % shards`, feed `(h / shards) % 64`.
+    pub fn of(task: &str, shards: u32) -> FeedId {
+        let shards = shards.max(1);
+        let h = fnv1a32(task.as_bytes());
+        FeedId {
+            shard: h % shards,
+            feed: Some((h / shards) % FEEDS_PER_SHARD),
+        }
+    }
+
+    /// The legacy feed of one shard.
+    pub fn legacy(shard: u32) -> FeedId {
+        FeedId { shard, feed: None }
+    }
+
+    /// The stream key.
+    pub fn key(&self) -> String {
+        match self.feed {
+            Some(n) => format!("sluice:{{s{}}}:feed:{n}", self.shard),
+            None => format!("sluice:{{s{}}}:feed", self.shard),
+        }
+    }
+
+    /// The inverse of [`FeedId::key`]; `None` for any other key.
+    pub fn parse(key: &str) -> Option<FeedId> {
+        let rest = key.strip_prefix("sluice:{s")?;
+        let (shard, rest) = rest.split_once("}:feed")?;
+        let shard = digits(shard)?;
+        match rest {
+            "" => Some(FeedId::legacy(shard)),
+            _ => {
+                let n = digits(rest.strip_prefix(':')?)?;
+                (n < FEEDS_PER_SHARD).then_some(FeedId {
+                    shard,
+                    feed: Some(n),
+                })
+            }
+        }
+    }
+
+    /// The feeds of one shard, in feed order (with its legacy feed last
+    /// when `legacy`).
+    pub fn of_shard(shard: u32, legacy: bool) -> impl Iterator<Item = FeedId> {
+        (0..FEEDS_PER_SHARD)
+            .map(move |n| FeedId {
+                shard,
+                feed: Some(n),
+            })
+            .chain(legacy.then_some(FeedId::legacy(shard)))
+    }
+}
+
+/// A decimal `u32` as keys write it (`u32::from_str` would take a `+`).
+fn digits(s: &str) -> Option<u32> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    s.parse().ok()
 }
 
-/// All feed keys of a deployment, in shard order.
-pub fn feed_keys(shards: u32) -> Vec<String> {
-    (0..shards).map(feed_key).collect()
+/// The legacy feed stream of one shard (the first schema's only feed).
+pub fn legacy_feed_key(shard: u32) -> String {
+    FeedId::legacy(shard).key()
 }
 
-/// The consumer group of an edge node on every shard feed.
+/// Every feed key of a deployment, shard by shard (with each shard's legacy
+/// feed when `legacy`).
+pub fn feed_keys(shards: u32, legacy: bool) -> Vec<String> {
+    (0..shards.max(1))
+        .flat_map(|s| FeedId::of_shard(s, legacy))
+        .map(|f| f.key())
+        .collect()
+}
+
+/// The consumer group of an edge node on the feeds it follows.
 pub fn group_name(node_id: &str) -> String {
     format!("edge:{node_id}")
 }
@@ -85,19 +161,29 @@ pub struct TaskKeys {
     pub shard: u32,
     pub log: String,
     pub meta: String,
+    /// The task's feed ([`FeedId::of`]).
     pub feed: String,
 }
 
 impl TaskKeys {
     pub fn new(task: &TaskId, shards: u32) -> Self {
-        let shard = shard_of(task.as_str(), shards);
-        let tag = format!("sluice:{{s{shard}}}");
+        let id = FeedId::of(task.as_str(), shards);
+        let tag = format!("sluice:{{s{}}}", id.shard);
         TaskKeys {
-            shard,
+            shard: id.shard,
             log: format!("{tag}:t:{task}:log"),
             meta: format!("{tag}:t:{task}:meta"),
-            feed: format!("{tag}:feed"),
+            feed: id.key(),
         }
+    }
+
+    /// The keys a publisher writes during a migration from the first
+    /// schema (`--legacy-feeds`): the feed is the shard's legacy feed, which
+    /// edges of both schemas read.
+    pub fn legacy(task: &TaskId, shards: u32) -> Self {
+        let mut keys = TaskKeys::new(task, shards);
+        keys.feed = legacy_feed_key(keys.shard);
+        keys
     }
 }
 
@@ -115,6 +201,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_formula() {
+        // The README's worked example: h = 0xbf9cf968 = 3214735720.
+        let f = FeedId::of("foobar", 16);
+        assert_eq!(f.shard, 3_214_735_720 % 16);
+        assert_eq!(f.feed, Some((3_214_735_720 / 16) % 64));
+        assert_eq!((f.shard, f.feed), (8, Some(22)));
+        assert_eq!(f.key(), "sluice:{s8}:feed:22");
+    }
+
+    #[test]
     fn keys_share_a_hash_tag() {
         let t = TaskId::parse("job-42").expect("valid");
         let k = TaskKeys::new(&t, 16);
@@ -122,7 +218,10 @@ mod tests {
         assert!(k.log.contains(&tag) && k.meta.contains(&tag) && k.feed.contains(&tag));
         assert_eq!(k.log, format!("sluice:{tag}:t:job-42:log"));
         assert_eq!(k.meta, format!("sluice:{tag}:t:job-42:meta"));
-        assert_eq!(k.feed, feed_key(k.shard));
+        assert_eq!(k.feed, FeedId::of("job-42", 16).key());
+        let legacy = TaskKeys::legacy(&t, 16);
+        assert_eq!(legacy.feed, format!("sluice:{tag}:feed"));
+        assert_eq!((legacy.log, legacy.meta), (k.log, k.meta));
         assert_eq!(group_name("n1"), "edge:n1");
         assert_eq!(node_key("n1"), "sluice:node:n1");
         assert!(NODES_KEY.starts_with(PREFIX) && node_reap_lock_key("n1").starts_with(PREFIX));
@@ -131,25 +230,35 @@ mod tests {
     #[test]
     fn feed_keys_parse_back() {
         for shard in [0, 1, 7, 15, 16, 1023, u32::MAX] {
-            assert_eq!(feed_shard(&feed_key(shard)), Some(shard));
+            for feed in [Some(0), Some(1), Some(63), None] {
+                let f = FeedId { shard, feed };
+                assert_eq!(FeedId::parse(&f.key()), Some(f));
+            }
         }
+        let all = feed_keys(16, true);
+        assert_eq!(all.len(), 16 * 65);
+        assert_eq!(feed_keys(16, false).len(), 16 * 64);
         let t = TaskId::parse("job-42").expect("valid");
         let k = TaskKeys::new(&t, 16);
-        assert_eq!(feed_shard(&k.feed), Some(k.shard));
+        assert_eq!(FeedId::parse(&k.feed), Some(FeedId::of("job-42", 16)));
         for other in [
             "",
             "sluice:{s}:feed",
             "sluice:{s+1}:feed",
             "sluice:{s-1}:feed",
             "sluice:{s1}:feeds",
+            "sluice:{s1}:feed:",
             "sluice:{s1}:feed:x",
+            "sluice:{s1}:feed:+1",
+            "sluice:{s1}:feed:64",
+            "sluice:{s1}:feed:1:2",
             "sluice:{sx}:feed",
             "sluice:{s99999999999}:feed",
             "other:{s1}:feed",
             &k.log,
             &k.meta,
         ] {
-            assert_eq!(feed_shard(other), None, "{other}");
+            assert_eq!(FeedId::parse(other), None, "{other}");
         }
     }
 
@@ -162,11 +271,17 @@ mod tests {
     }
 
     #[test]
-    fn shards_spread() {
-        let mut seen = [0u32; 16];
-        for i in 0..1600 {
-            seen[shard_of(&format!("task-{i}"), 16) as usize] += 1;
+    fn shards_and_feeds_spread() {
+        let mut shards = [0u32; 16];
+        let mut feeds = std::collections::HashMap::new();
+        for i in 0..102_400 {
+            let f = FeedId::of(&format!("task-{i}"), 16);
+            shards[f.shard as usize] += 1;
+            *feeds.entry(f).or_insert(0u32) += 1;
         }
-        assert!(seen.iter().all(|n| *n > 50), "{seen:?}");
+        assert!(shards.iter().all(|n| *n > 5_000), "{shards:?}");
+        // 1 024 feeds, 100 tasks each on average.
+        assert_eq!(feeds.len(), 1024);
+        assert!(feeds.values().all(|n| (40..=160).contains(n)), "{feeds:?}");
     }
 }

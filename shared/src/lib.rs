@@ -11,6 +11,6 @@ pub mod task;
 pub mod token;
 
 pub use event::{Envelope, Seq, StoredEvent};
-pub use keys::{shard_of, TaskKeys, DEFAULT_SHARDS};
+pub use keys::{shard_of, FeedId, TaskKeys, DEFAULT_SHARDS, FEEDS_PER_SHARD};
 pub use position::{Cursor, Position, Tag};
 pub use task::{TaskId, TaskIdError};

@@ -34,6 +34,7 @@ import msgpack
 import redis
 
 DEFAULT_SHARDS = 16
+FEEDS_PER_SHARD = 64
 
 
 def fnv1a32(data: bytes) -> int:
@@ -50,9 +51,13 @@ def shard_of(task: str, shards: int = DEFAULT_SHARDS) -> int:
 
 
 def task_keys(task: str, shards: int = DEFAULT_SHARDS):
-    """(log, meta, feed) keys of a task."""
-    tag = "sluice:{s%d}" % shard_of(task, shards)
-    return f"{tag}:t:{task}:log", f"{tag}:t:{task}:meta", f"{tag}:feed"
+    """(log, meta, feed) keys of a task: h = FNV-1a 32 of the id, shard
+    h % shards, feed (h // shards) % 64 under the shard's hash tag."""
+    h = fnv1a32(task.encode("utf-8"))
+    shards = max(shards, 1)
+    tag = "sluice:{s%d}" % (h % shards)
+    feed = (h // shards) % FEEDS_PER_SHARD
+    return f"{tag}:t:{task}:log", f"{tag}:t:{task}:meta", f"{tag}:feed:{feed}"
 
 
 class SluiceClosed(Exception):

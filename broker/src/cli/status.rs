@@ -1,6 +1,7 @@
 //! `sluice status [--json]`: the edge nodes in the registry (address,
-//! version, uptime, connections, last heartbeat, lag), every shard feed's
-//! length and its groups' lag, and edge groups with no registered node.
+//! version, uptime, connections, feeds followed, lag, last heartbeat), every
+//! shard's feeds (length, who follows how many of them, lag per node), and
+//! edge groups with no registered node.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -64,6 +65,7 @@ fn node_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
         "CONNS",
         "SUBS",
         "TASKS",
+        "FEEDS",
         "LAG",
         "LAST SEEN",
         "STATE",
@@ -91,6 +93,7 @@ fn node_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
             n.info.connections.to_string(),
             n.info.subscriptions.to_string(),
             n.info.tasks.to_string(),
+            n.lag.feeds.to_string(),
             lag,
             format!("{:.1}s ago", n.last_seen_ago_ms as f64 / 1000.0),
             state.to_owned(),
@@ -99,15 +102,15 @@ fn node_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
     rows
 }
 
-/// The shard table: a header, then one row per shard feed.
+/// The shard table: a header, then one row per shard (hash tag).
 fn shard_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
     let mut rows = vec![[
         "SHARD",
-        "FEED",
+        "FEEDS",
         "LENGTH",
         "GROUPS",
         "MAX LAG",
-        "LAG BY NODE",
+        "NODE=FEEDS/LAG",
     ]
     .map(String::from)
     .to_vec()];
@@ -117,15 +120,13 @@ fn shard_rows(s: &ClusterStatus) -> Vec<Vec<String>> {
             .iter()
             .filter_map(|g| {
                 let node = g.node.as_deref()?;
-                Some(format!(
-                    "{node}={}",
-                    g.lag.map_or("?".to_owned(), |l| l.to_string())
-                ))
+                let unknown = if g.unknown > 0 { "+?" } else { "" };
+                Some(format!("{node}={}/{}{unknown}", g.feeds, g.lag))
             })
             .collect();
         rows.push(vec![
             sh.shard.to_string(),
-            sh.feed.clone(),
+            sh.feeds.to_string(),
             sh.length.to_string(),
             sh.groups.len().to_string(),
             sh.max_lag().map_or("-".to_owned(), |l| l.to_string()),
@@ -178,13 +179,14 @@ mod tests {
             }],
             vec![ShardStats {
                 shard: 0,
-                feed: "sluice:{s0}:feed".into(),
+                feeds: 3,
                 length: 42,
                 groups: vec![GroupInfo {
                     group: "edge:edge-a".into(),
                     node: Some("edge-a".into()),
-                    lag: Some(5),
-                    entries_read: Some(37),
+                    feeds: 2,
+                    lag: 5,
+                    unknown: 0,
                 }],
             }],
             Duration::from_secs(30),
@@ -194,7 +196,7 @@ mod tests {
         assert!(text.contains("edge-a"), "{text}");
         assert!(text.contains("1h00m"), "{text}");
         assert!(text.contains("0.5s ago"), "{text}");
-        assert!(text.contains("edge-a=5"), "{text}");
+        assert!(text.contains("edge-a=2/5"), "{text}");
         assert!(text
             .lines()
             .any(|l| l.starts_with("0 ") && l.contains("42")));

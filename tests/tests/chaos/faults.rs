@@ -309,10 +309,10 @@ async fn feed_trimmed_past_a_stalled_nodes_cursor() {
     let n = producer.published();
     producer.wait_published(n + s.events_before, T).await;
     producer.hold().await;
-    // Trim every shard feed to nothing: the stalled node's cursor now
+    // Trim every feed to nothing: the stalled node's cursor now
     // points before entries that no longer exist.
     let mut conn = redis.conn().await;
-    for feed in sluice_shared::keys::feed_keys(sluice_shared::DEFAULT_SHARDS) {
+    for feed in sluice_shared::keys::feed_keys(sluice_shared::DEFAULT_SHARDS, true) {
         let _: i64 = redis::cmd("XTRIM")
             .arg(&feed)
             .arg("MAXLEN")

@@ -1259,14 +1259,22 @@ async fn a_connection_of_100_tasks_that_never_reads_holds_one_queue_not_one_per_
         Some(64 * 1024),
     )
     .await;
-    // The edge follows the 100 tasks, and its writes stopped (the socket
-    // is full).
+    // The edge follows the 100 tasks and joined their feeds, and its
+    // writes stopped (the socket is full).
+    let feeds: std::collections::BTreeSet<_> = tasks
+        .iter()
+        .map(|t| sluice_shared::FeedId::of(t, DEFAULT_SHARDS))
+        .collect();
     let delivered = "sluice_edge_events_delivered_total{";
     settle(
         edge.addr,
         "the client's socket full",
-        |m| m[0] == TASKS as f64 && m[1] > 0.0,
-        &["sluice_edge_subscriptions", delivered],
+        |m| m[0] == TASKS as f64 && m[1] > 0.0 && m[2] == feeds.len() as f64,
+        &[
+            "sluice_edge_subscriptions",
+            delivered,
+            "sluice_edge_feeds_followed",
+        ],
     )
     .await;
     let written = metric(edge.addr, delivered).await;

@@ -300,11 +300,17 @@ async fn drain_moves_clients_without_loss() {
     println!("drain: {CLIENTS} clients exact, {drained} got a drain retry:");
     assert!(drained > 0);
     a.stop().await;
-    // A's groups are gone; B's remain.
+    // A's groups are gone; B's remain (B followed the task's feed for the
+    // clients that moved to it, and keeps it for the grace period).
     let mut conn = redis.conn().await;
+    let feed = sluice_shared::TaskKeys::new(
+        &sluice_shared::TaskId::parse(&task).expect("task"),
+        sluice_shared::DEFAULT_SHARDS,
+    )
+    .feed;
     let groups: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg("sluice:{s0}:feed")
+        .arg(&feed)
         .query_async(&mut conn)
         .await
         .expect("xinfo");

@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(10);
 /// keep its registry entry. Kept in sync with README.md "Redis ACLs".
 pub const EDGE_ACL: &str = "on >edge-pass-0123 resetkeys ~sluice:* resetchannels -@all \
     +ping +hello +auth +select +client|id +client|unblock +client|setname +unwatch \
-    +hmget +hgetall +xrange +xrevrange +xlen +xinfo|groups +xinfo|stream +xreadgroup +xgroup|create +xgroup|destroy \
+    +hmget +hgetall +exists +xrange +xrevrange +xlen +xinfo|groups +xinfo|stream +xreadgroup +xgroup|create +xgroup|destroy \
     +fcall +function|load +xadd +hget +hset +expire +time \
     +del +set +get +pexpire +zadd +zrange +zrangebyscore +zrem +zscore +evalsha +eval";
 

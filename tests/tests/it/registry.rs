@@ -1,5 +1,5 @@
 //! The node registry against a real Redis: a SIGKILLed edge process is
-//! removed by the survivors (its consumer groups on every shard feed and its
+//! removed by the survivors (its consumer groups on every feed and its
 //! registry entry) within the grace period plus one sweep, while a second
 //! edge keeps serving; two janitors never both remove a node; a drained
 //! node removes itself; `sluice status` shows nodes, feed lengths and lag.
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use serde_json::{json, Value};
+use sluice_broker::function::FeedsFn;
 use sluice_broker::nodes::NodeInfo;
 use sluice_broker::Publisher;
 use sluice_edge::registry::Registry;
@@ -71,26 +72,21 @@ fn node_ids(status: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Shards (of the default 16) whose feed has the group `edge:<node>`.
-async fn shards_with_group(conn: &mut redis::aio::MultiplexedConnection, node: &str) -> usize {
+/// Every feed of the default 16 shards, legacy feeds included.
+const ALL_FEEDS: u32 = 16 * (keys::FEEDS_PER_SHARD + 1);
+
+/// Feeds (of the default 16 shards, legacy feeds included) that have the
+/// group `edge:<node>`.
+async fn feeds_with_group(conn: &mut redis::aio::MultiplexedConnection, node: &str) -> u32 {
     let group = keys::group_name(node);
-    let mut n = 0;
-    for feed in keys::feed_keys(sluice_shared::DEFAULT_SHARDS) {
-        let reply: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&feed)
-            .query_async(conn)
-            .await;
-        if let Ok(v) = reply {
-            if sluice_broker::nodes::parse_groups(&v)
-                .iter()
-                .any(|g| g.group == group)
-            {
-                n += 1;
-            }
-        }
-    }
-    n
+    sluice_broker::nodes::feed_stats(conn, sluice_shared::DEFAULT_SHARDS)
+        .await
+        .expect("feed stats")
+        .iter()
+        .flat_map(|s| &s.groups)
+        .filter(|g| g.group == group)
+        .map(|g| g.feeds)
+        .sum()
 }
 
 /// An edge node in its own process.
@@ -132,9 +128,9 @@ async fn killed_node_is_removed_by_survivors() {
         .await;
     let victim_id = unique_task("victim");
     let mut victim = EdgeProcess::start(&url, &victim_id);
-    let mut conn = redis.conn().await;
+    let conn = redis.conn().await;
 
-    // The victim registers, serves and holds a group on every shard feed.
+    // The victim registers and serves.
     let victim_entry = |s: &Value| {
         s["nodes"]
             .as_array()
@@ -162,10 +158,27 @@ async fn killed_node_is_removed_by_survivors() {
         .await
         .expect("victim answers");
     assert_eq!(ready.status(), 200, "victim is ready");
-    wait_until("victim groups on all 16 shards", T, || {
+    // Feeds are followed on demand: a client of the victim makes it join
+    // its task's feed.
+    let p = Publisher::connect(&url).await.expect("publisher");
+    let watched = unique_task("victim-watched");
+    p.publish(&watched, "progress", &json!({"pct": 0}))
+        .await
+        .expect("publish");
+    let mut watcher = SseClient::connect(
+        &format!("http://{victim_addr}/v1/tasks/{watched}/events"),
+        None,
+    )
+    .await;
+    assert_eq!(watcher.status, 200);
+    assert_eq!(
+        watcher.next_event(T).await.expect("snapshot").seq(),
+        Some(1)
+    );
+    wait_until("victim follows its client's feed", T, || {
         let mut c = conn.clone();
         let id = victim_id.clone();
-        async move { shards_with_group(&mut c, &id).await == 16 }
+        async move { feeds_with_group(&mut c, &id).await == 1 }
     })
     .await;
     let status = status_json(&url).await;
@@ -177,7 +190,7 @@ async fn killed_node_is_removed_by_survivors() {
     let victim_entry = victim_entry(&status).expect("victim in status");
     assert_eq!(victim_entry["version"], json!(env!("CARGO_PKG_VERSION")));
     assert_eq!(victim_entry["stale"], json!(false));
-    assert_eq!(victim_entry["lag"]["groups"], json!(16));
+    assert_eq!(victim_entry["lag"]["feeds"], json!(1));
     assert_eq!(status["shards"].as_array().map(Vec::len), Some(16));
     let text = status_text(&url).await;
     assert!(
@@ -199,7 +212,7 @@ async fn killed_node_is_removed_by_survivors() {
             async move {
                 let in_set: Option<f64> = c.zscore(keys::NODES_KEY, &id).await.unwrap_or(Some(0.0));
                 let hash: bool = c.exists(&key).await.unwrap_or(true);
-                in_set.is_none() && !hash && shards_with_group(&mut c, &id).await == 0
+                in_set.is_none() && !hash && feeds_with_group(&mut c, &id).await == 0
             }
         },
     )
@@ -224,12 +237,8 @@ async fn killed_node_is_removed_by_survivors() {
     assert!(ids.contains(&survivor.state.node_id), "{ids:?}");
     assert!(!status_text(&url).await.contains(&victim_id));
 
-    // The survivor kept its own groups and still delivers.
-    assert_eq!(
-        shards_with_group(&mut conn, &survivor.state.node_id).await,
-        16
-    );
-    let p = Publisher::connect(&url).await.expect("publisher");
+    // The survivor still delivers (joining the task's feed for its new
+    // client).
     let task = unique_task("after-reap");
     p.publish(&task, "progress", &json!({"pct": 1}))
         .await
@@ -244,19 +253,17 @@ async fn killed_node_is_removed_by_survivors() {
     survivor.stop().await;
 }
 
-/// A dead node as a crashed edge leaves it: a stale registry entry and a
-/// group on every shard feed.
+/// A dead node as a crashed edge that followed every feed leaves it: a
+/// stale registry entry and a group on every feed, legacy feeds included.
 async fn plant_dead_node(conn: &mut redis::aio::MultiplexedConnection, id: &str, seen_ms: i64) {
-    for feed in keys::feed_keys(sluice_shared::DEFAULT_SHARDS) {
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&feed)
-            .arg(keys::group_name(id))
-            .arg("$")
-            .arg("MKSTREAM")
-            .query_async(conn)
+    for shard in 0..sluice_shared::DEFAULT_SHARDS {
+        let feeds: Vec<String> = keys::FeedId::of_shard(shard, true)
+            .map(|f| f.key())
+            .collect();
+        let _: i64 = FeedsFn::Join
+            .query(conn, &feeds, Some(&keys::group_name(id)))
             .await
-            .expect("create group");
+            .expect("create groups");
     }
     let info = NodeInfo {
         id: id.to_owned(),
@@ -300,7 +307,7 @@ async fn janitors_never_both_remove_a_node() {
         .await
         .expect("set lock");
     assert!(j.sweep(now).await.expect("sweep").is_empty());
-    assert_eq!(shards_with_group(&mut conn, "ghost").await, 16);
+    assert_eq!(feeds_with_group(&mut conn, "ghost").await, ALL_FEEDS);
     let _: () = conn
         .del(keys::node_reap_lock_key("ghost"))
         .await
@@ -316,7 +323,7 @@ async fn janitors_never_both_remove_a_node() {
         .flat_map(|r| r.expect("sweep"))
         .collect();
     assert_eq!(reaped, vec!["ghost".to_owned()]);
-    assert_eq!(shards_with_group(&mut conn, "ghost").await, 0);
+    assert_eq!(feeds_with_group(&mut conn, "ghost").await, 0);
     let score: Option<f64> = conn.zscore(keys::NODES_KEY, "ghost").await.expect("zscore");
     assert!(score.is_none());
     let hash: bool = conn.exists(keys::node_key("ghost")).await.expect("exists");
@@ -328,10 +335,10 @@ async fn janitors_never_both_remove_a_node() {
     assert!(!lock, "the janitor released its lock");
 
     // The live node and a janitor's own stale entry are left alone.
-    assert_eq!(shards_with_group(&mut conn, "alive").await, 16);
+    assert_eq!(feeds_with_group(&mut conn, "alive").await, ALL_FEEDS);
     plant_dead_node(&mut conn, "janitor-0", now - 60_000).await;
     assert!(janitors[0].sweep(now).await.expect("sweep").is_empty());
-    assert_eq!(shards_with_group(&mut conn, "janitor-0").await, 16);
+    assert_eq!(feeds_with_group(&mut conn, "janitor-0").await, ALL_FEEDS);
 }
 
 #[tokio::test]
@@ -359,7 +366,7 @@ async fn drained_node_removes_itself() {
     assert!(s.is_none(), "a drained node leaves the registry");
     let hash: bool = conn.exists(keys::node_key(&id)).await.expect("exists");
     assert!(!hash);
-    assert_eq!(shards_with_group(&mut conn, &id).await, 0);
+    assert_eq!(feeds_with_group(&mut conn, &id).await, 0);
 }
 
 #[tokio::test]
@@ -385,7 +392,11 @@ async fn status_shows_feed_length_and_lag() {
     let s = status_json(&url).await;
     assert_eq!(node_ids(&s), vec!["lagger".to_owned()]);
     assert_eq!(s["nodes"][0]["lag"]["total"], json!(5));
-    assert_eq!(s["nodes"][0]["lag"]["groups"], json!(16));
+    assert_eq!(s["nodes"][0]["lag"]["feeds"], json!(ALL_FEEDS));
+    assert_eq!(
+        s["nodes"][0]["lag"]["shards"].as_array().map(Vec::len),
+        Some(16)
+    );
     assert_eq!(s["nodes"][0]["address"], json!("127.0.0.1:1"));
     let sh = &s["shards"][shard];
     assert_eq!(sh["length"], json!(5));
@@ -398,7 +409,7 @@ async fn status_shows_feed_length_and_lag() {
         .lines()
         .find(|l| l.starts_with(&format!("{shard} ")))
         .unwrap_or_else(|| panic!("shard row in\n{text}"));
-    assert!(row.contains("lagger=5"), "{row}");
+    assert!(row.contains("lagger=65/5"), "{row}");
     assert!(
         text.lines()
             .any(|l| l.starts_with("lagger ") && l.contains("127.0.0.1:1")),

@@ -1,37 +1,55 @@
-//! The feed reader: one per node (on a cluster, one per shard), tailing
-//! shard feeds through the node's consumer group (`edge:<node-id>`) with
-//! `XREADGROUP ... NOACK BLOCK`, on a dedicated connection whose response
-//! timeout is disabled (a timed-out blocking read left on the server would
-//! swallow the next message). It is the only Redis reader of live events on
-//! the node, whatever the number of connections.
+//! The feed reader: one per node (on a cluster, one per shard), tailing the
+//! feeds its node follows through the node's consumer group
+//! (`edge:<node-id>`) with `XREADGROUP ... NOACK BLOCK` (one blocking read
+//! covers every followed feed of its shards), on a dedicated connection
+//! whose response timeout is disabled (a timed-out blocking read left on the
+//! server would swallow the next message). It is the only Redis reader of
+//! live events on the node, whatever the number of connections.
 //!
-//! Its life is a loop of sessions: attach (find the node, connect, create
-//! the groups, load the function, take a first count), re-sync every local
-//! subscription, then read until an error; then back off and attach again.
+//! It follows only the feeds local subscriptions need
+//! ([`crate::interest::Interest`]): before each read it joins the feeds
+//! that became wanted (`sluice_feeds_join`: the group is created at the
+//! feed's end, then the feeds' subscriptions catch up from the task logs,
+//! so nothing published before the group existed is missed) and leaves the
+//! feeds nobody needed for the grace period (`sluice_feeds_leave`: the
+//! group is destroyed, nothing is left behind). Subscriptions waiting for a
+//! join are released by [`FeedSink::joined`]. A feed that becomes wanted
+//! while the read blocks interrupts it (`CLIENT UNBLOCK`). With nothing to
+//! follow the reader sends no read at all, only a `PING` per [`BLOCK`].
 //!
-//! Losing its place (Redis restarted, the group destroyed, the feed trimmed
-//! past the cursor) is detected (`super::loss`) and answered with
-//! [`FeedSink::resync`]: every local subscription re-checks the task log
-//! from its last delivered seq.
+//! Its life is a loop of sessions: attach (find the node, connect, load the
+//! function, drop this node's groups on feeds it does not need, join the
+//! ones it does, take a first count), re-sync every local subscription of
+//! its shards, then read until an error; then back off and attach again.
+//!
+//! Losing its place (Redis restarted, the group destroyed, a feed trimmed
+//! past the cursor) is detected (`super::loss`, counters read with
+//! `sluice_feeds_check`) and answered with [`FeedSink::resync_tasks`]: the
+//! subscriptions of the feeds concerned re-check their task logs from their
+//! last delivered seq.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::{RedisError, Value};
 use sluice_broker::connect::RedisPool as Pool;
 use sluice_broker::error::{classify, Chain, ErrorClass};
+use sluice_broker::function::FeedsFn;
 use sluice_broker::{connect, resp, Unavailable};
-use sluice_shared::{codec, keys};
+use sluice_shared::codec;
+use sluice_shared::keys::{self, FeedId};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::control::Control;
 use super::loss::{Sample, ShardCount};
+use crate::interest::Interest;
 use crate::store::FeedSink;
 
 /// Longest single blocking read; bounds how stale a cancel check can be even
-/// if `CLIENT UNBLOCK` fails.
+/// if `CLIENT UNBLOCK` fails, and how late a feed past its grace is left.
 pub const BLOCK: Duration = Duration::from_secs(2);
 /// Entries per read.
 pub const BATCH: usize = 1024;
@@ -51,19 +69,29 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct FeedSettings {
     pub node_id: String,
     pub group: String,
-    pub feeds: Vec<String>,
-    /// The deployment's shard count (`feeds` may be a subset of them).
-    pub shards: u32,
+    /// The shards whose feeds this reader follows (on a cluster, one).
+    pub shards: Vec<u32>,
+    /// The deployment's shard count.
+    pub total: u32,
+    /// Also follow each shard's legacy feed, always (a migration from the
+    /// first schema: README "Migrating from 16 feeds").
+    pub legacy: bool,
 }
 
 impl FeedSettings {
-    pub fn new(node_id: &str, shards: u32) -> Self {
+    pub fn new(node_id: &str, shards: u32, legacy: bool) -> Self {
         FeedSettings {
             node_id: node_id.to_owned(),
             group: keys::group_name(node_id),
-            feeds: keys::feed_keys(shards),
-            shards,
+            shards: (0..shards.max(1)).collect(),
+            total: shards.max(1),
+            legacy,
         }
+    }
+
+    /// Every feed key of this reader's shards, legacy feeds included.
+    fn all_feeds(&self) -> impl Iterator<Item = FeedId> + '_ {
+        self.shards.iter().flat_map(|s| FeedId::of_shard(*s, true))
     }
 }
 
@@ -72,6 +100,10 @@ pub struct FeedReader {
     pool: Pool,
     settings: FeedSettings,
     sink: Arc<dyn FeedSink>,
+    /// What local subscriptions need; `None`: every feed of the shards.
+    interest: Option<Arc<Interest>>,
+    /// Fires when a feed of these shards becomes wanted.
+    wake: Arc<Notify>,
 }
 
 /// Why a session ended without a cancel: the connection or the groups need
@@ -83,7 +115,7 @@ enum FeedError {
     Route(#[source] RedisError),
     #[error("cannot connect to Redis")]
     Connect(#[source] RedisError),
-    #[error("cannot create the consumer groups")]
+    #[error("cannot join or leave feeds")]
     Groups(#[source] Unavailable),
     #[error("cannot load the publish function")]
     Function(#[source] Unavailable),
@@ -105,23 +137,60 @@ enum ReadOutcome {
     },
 }
 
-/// A session's connections once it attached.
+/// A session's connections and the feeds it follows once it attached.
 struct Attached {
     /// The dedicated connection of the blocking reads.
     conn: redis::aio::MultiplexedConnection,
     /// Its `CLIENT ID`, to unblock it on cancel.
     client_id: Option<i64>,
     ctl: Control,
-    counts: Vec<ShardCount>,
+    /// Followed feeds: key and loss accounting.
+    followed: BTreeMap<FeedId, Followed>,
+}
+
+struct Followed {
+    key: String,
+    count: ShardCount,
+}
+
+impl Attached {
+    /// `XREADGROUP GROUP <group> <node> COUNT .. BLOCK .. NOACK STREAMS
+    /// <feeds...> > ...` over the followed feeds.
+    fn read_cmd(&self, settings: &FeedSettings) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&settings.group)
+            .arg(&settings.node_id)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("NOACK")
+            .arg("STREAMS");
+        for f in self.followed.values() {
+            cmd.arg(&f.key);
+        }
+        for _ in &self.followed {
+            cmd.arg(">");
+        }
+        cmd
+    }
 }
 
 impl FeedReader {
     pub fn new(url: String, pool: Pool, settings: FeedSettings, sink: Arc<dyn FeedSink>) -> Self {
+        let interest = sink.interest();
+        let wake = match &interest {
+            Some(i) => i.watch(&settings.shards),
+            None => Arc::new(Notify::new()),
+        };
         FeedReader {
             url,
             pool,
             settings,
             sink,
+            interest,
+            wake,
         }
     }
 
@@ -173,10 +242,20 @@ impl FeedReader {
         };
         // Whatever happened while we were not reading (first start, a Redis
         // restart, a destroyed group) is recovered from the task logs.
-        self.resync();
+        self.resync_shards();
         self.sink.set_live(true);
-        tracing::info!(shards = self.settings.feeds.len(), "feed reader attached");
-        match self.read(&mut attached, cancel).await {
+        self.sink.feeds_changed(attached.followed.len(), 0);
+        tracing::info!(
+            shards = self.settings.shards.len(),
+            feeds = attached.followed.len(),
+            "feed reader attached"
+        );
+        let result = self.read(&mut attached, cancel).await;
+        // Not read any more until the next session attaches (its groups
+        // stay, so it resumes where this one stopped).
+        self.sink.unfollowed(&self.settings.shards);
+        self.sink.feeds_changed(0, attached.followed.len());
+        match result {
             Ok(()) => ReadOutcome::Cancelled,
             Err(cause) => ReadOutcome::Reconnect {
                 cause,
@@ -185,8 +264,9 @@ impl FeedReader {
         }
     }
 
-    /// Connects to the feeds' node, creates the groups, loads the function
-    /// and takes the first count.
+    /// Connects to the feeds' node, loads the function, leaves the feeds
+    /// not needed (groups an earlier life left behind), joins the ones
+    /// needed and takes the first count.
     async fn attach(&self) -> Result<Attached, FeedError> {
         // On a cluster, every feed of this reader lives on one primary (the
         // store runs one reader per shard): connect to that node directly,
@@ -199,51 +279,167 @@ impl FeedReader {
             .await
             .map_err(FeedError::Connect)?;
         let mut ctl = self.control(&node).await.map_err(FeedError::Connect)?;
-        self.ensure_groups(&mut ctl)
+        // The functions live on every primary; a replica promoted by a
+        // failover (or a Redis restarted empty) may lack them.
+        ctl.load_function().await.map_err(FeedError::Function)?;
+        let wanted = self.wanted();
+        let unwanted: Vec<FeedId> = self
+            .settings
+            .all_feeds()
+            .filter(|f| !wanted.contains(f))
+            .collect();
+        self.groups(&mut ctl, FeedsFn::Leave, &unwanted)
             .await
             .map_err(FeedError::Groups)?;
-        // The publish function lives on every primary; a replica promoted
-        // by a failover (or a Redis restarted empty) may lack it.
-        ctl.load_function().await.map_err(FeedError::Function)?;
+        let wanted: Vec<FeedId> = wanted.into_iter().collect();
+        self.groups(&mut ctl, FeedsFn::Join, &wanted)
+            .await
+            .map_err(FeedError::Groups)?;
         // A blocked read is stopped at once with CLIENT UNBLOCK on cancel.
         let client_id: Option<i64> = redis::cmd("CLIENT")
             .arg("ID")
             .query_async(&mut conn)
             .await
             .ok();
-        let mut counts = vec![ShardCount::default(); self.settings.feeds.len()];
-        self.check(&mut ctl, &mut counts)
-            .await
-            .map_err(FeedError::Check)?;
-        Ok(Attached {
+        self.sink.joined(&wanted);
+        let mut attached = Attached {
             conn,
             client_id,
             ctl,
-            counts,
-        })
+            followed: wanted.into_iter().map(followed).collect(),
+        };
+        self.check(&mut attached).await.map_err(FeedError::Check)?;
+        Ok(attached)
+    }
+
+    /// The feeds to follow now: those local subscriptions need (or every
+    /// feed of the shards without an interest), and the legacy feeds when
+    /// migrating.
+    fn wanted(&self) -> BTreeSet<FeedId> {
+        let s = &self.settings;
+        let mut wanted: BTreeSet<FeedId> = match &self.interest {
+            Some(i) => i.wanted(&s.shards, Instant::now()),
+            None => s
+                .shards
+                .iter()
+                .flat_map(|sh| FeedId::of_shard(*sh, false))
+                .collect(),
+        };
+        if s.legacy {
+            wanted.extend(s.shards.iter().map(|sh| FeedId::legacy(*sh)));
+        }
+        wanted
+    }
+
+    /// Runs one feed function over `feeds`, one call per shard (a shard's
+    /// feeds share a slot), in one round trip.
+    async fn groups(
+        &self,
+        ctl: &mut Control,
+        f: FeedsFn,
+        feeds: &[FeedId],
+    ) -> Result<Vec<Value>, Unavailable> {
+        if feeds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for keys in by_shard(feeds).values() {
+            pipe.add_command(f.cmd(keys, Some(&self.settings.group)));
+        }
+        ctl.query_pipe(&pipe).await
+    }
+
+    /// Joins the feeds that became wanted and leaves those past their
+    /// grace; the subscriptions of joined feeds catch up from the task logs
+    /// (events published before the group existed are there).
+    async fn follow(&self, a: &mut Attached) -> Result<(), Unavailable> {
+        let wanted = self.wanted();
+        let left: Vec<FeedId> = a
+            .followed
+            .keys()
+            .filter(|f| !wanted.contains(f))
+            .copied()
+            .collect();
+        let joined: Vec<FeedId> = wanted
+            .iter()
+            .filter(|f| !a.followed.contains_key(f))
+            .copied()
+            .collect();
+        if !left.is_empty() {
+            self.groups(&mut a.ctl, FeedsFn::Leave, &left).await?;
+            for f in &left {
+                a.followed.remove(f);
+            }
+            for shard in left.iter().map(|f| f.shard).collect::<BTreeSet<_>>() {
+                if !a.followed.keys().any(|f| f.shard == shard) {
+                    self.sink.report_lag(shard, 0);
+                }
+            }
+        }
+        if !joined.is_empty() {
+            self.groups(&mut a.ctl, FeedsFn::Join, &joined).await?;
+            a.followed.extend(joined.iter().copied().map(followed));
+            self.sink.joined(&joined);
+        }
+        if !left.is_empty() || !joined.is_empty() {
+            self.sink.feeds_changed(joined.len(), left.len());
+            tracing::debug!(
+                joined = joined.len(),
+                left = left.len(),
+                followed = a.followed.len(),
+                "feeds followed changed"
+            );
+        }
+        Ok(())
     }
 
     /// Reads and dispatches until an error (`Err`) or `cancel` (`Ok`),
-    /// checking for lost entries every [`CHECK_EVERY`].
+    /// following the wanted feeds and checking for lost entries every
+    /// [`CHECK_EVERY`].
     async fn read(&self, a: &mut Attached, cancel: &CancellationToken) -> Result<(), FeedError> {
-        let cmd = self.read_cmd();
         let mut last_check = Instant::now();
         loop {
-            let read = cmd.query_async::<Value>(&mut a.conn);
-            tokio::pin!(read);
-            // Cancel-safety: dropping `read` would leave a blocked read on the
-            // server, so on cancel we unblock it and let it finish first.
-            let reply = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    a.ctl.unblock(a.client_id).await;
-                    let _ = tokio::time::timeout(BLOCK + UNBLOCK_SLACK, &mut read).await;
-                    return Ok(());
+            self.follow(a).await.map_err(FeedError::Groups)?;
+            if a.followed.is_empty() {
+                // Nothing to read: wait for a feed to be wanted, checking
+                // the connection once per BLOCK (a dead Redis must show in
+                // readiness, as it would with a read pending).
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(BLOCK) => {
+                        redis::cmd("PING")
+                            .query_async::<()>(&mut a.conn)
+                            .await
+                            .map_err(FeedError::Read)?;
+                    }
                 }
-                r = &mut read => r,
+                continue;
+            }
+            let cmd = a.read_cmd(&self.settings);
+            let reply = {
+                let read = cmd.query_async::<Value>(&mut a.conn);
+                tokio::pin!(read);
+                // Cancel-safety: dropping `read` would leave a blocked read
+                // on the server, so on cancel (or to join a feed) we
+                // unblock it and let it finish first.
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        a.ctl.unblock(a.client_id).await;
+                        let _ = tokio::time::timeout(BLOCK + UNBLOCK_SLACK, &mut read).await;
+                        return Ok(());
+                    }
+                    _ = self.wake.notified() => {
+                        a.ctl.unblock(a.client_id).await;
+                        read.await
+                    }
+                    r = &mut read => r,
+                }
             };
             match reply {
-                Ok(v) => self.dispatch(&v, &mut a.counts),
+                Ok(v) => self.dispatch(&v, &mut a.followed),
                 Err(e) if classify(&e) == ErrorClass::GroupMissing => {
                     return Err(FeedError::GroupGone(e))
                 }
@@ -251,62 +447,47 @@ impl FeedReader {
             }
             if last_check.elapsed() >= CHECK_EVERY {
                 last_check = Instant::now();
-                let lost = self
-                    .check(&mut a.ctl, &mut a.counts)
-                    .await
-                    .map_err(FeedError::Check)?;
-                if lost {
-                    tracing::warn!("feed entries were trimmed before this node read them; resyncing subscriptions");
-                    self.resync();
+                let lost = self.check(a).await.map_err(FeedError::Check)?;
+                if !lost.is_empty() {
+                    tracing::warn!(feeds = lost.len(), "feed entries were lost before this node read them; resyncing their subscriptions");
+                    self.resync_feeds(&lost);
                 }
             }
         }
     }
 
-    /// `XREADGROUP GROUP <group> <node> COUNT .. BLOCK .. NOACK STREAMS
-    /// <feeds...> > ...`
-    fn read_cmd(&self) -> redis::Cmd {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.settings.group)
-            .arg(&self.settings.node_id)
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("NOACK")
-            .arg("STREAMS");
-        for f in &self.settings.feeds {
-            cmd.arg(f);
-        }
-        for _ in &self.settings.feeds {
-            cmd.arg(">");
-        }
-        cmd
-    }
-
-    /// Re-syncs the subscriptions this reader feeds: all of them when it
-    /// reads every shard, else only those of its shards (on a cluster, one
-    /// shard's failover must not send every subscription back to Redis).
-    fn resync(&self) {
-        if self.settings.feeds.len() as u32 >= self.settings.shards {
+    /// Re-syncs every subscription of this reader's shards (all of them
+    /// when it reads every shard: on a cluster, one shard's failover must
+    /// not send every subscription back to Redis).
+    fn resync_shards(&self) {
+        let s = &self.settings;
+        if s.shards.len() as u32 >= s.total {
             self.sink.resync();
             return;
         }
-        let mine: Vec<u32> = self
-            .settings
-            .feeds
-            .iter()
-            .filter_map(|f| keys::feed_shard(f))
-            .collect();
-        self.sink.resync_shards(&mine, self.settings.shards);
+        let (shards, total) = (&s.shards, s.total);
+        self.sink
+            .resync_tasks(&|task| shards.contains(&keys::shard_of(task, total)));
+    }
+
+    /// Re-syncs the subscriptions of `feeds` (a legacy feed's: its shard's).
+    fn resync_feeds(&self, feeds: &[FeedId]) {
+        let total = self.settings.total;
+        self.sink.resync_tasks(&|task| {
+            let f = FeedId::of(task, total);
+            feeds.contains(&f) || feeds.contains(&FeedId::legacy(f.shard))
+        });
     }
 
     /// The node this reader reads from: the Redis of the URL, or on a
-    /// cluster the primary serving this reader's feeds.
+    /// cluster the primary serving this reader's shard.
     async fn node_url(&self) -> redis::RedisResult<String> {
-        match (&self.pool, self.settings.feeds.first()) {
-            (Pool::Cluster(cluster), Some(feed)) => cluster.primary_for(feed.as_bytes()).await,
+        match (&self.pool, self.settings.shards.first()) {
+            (Pool::Cluster(cluster), Some(shard)) => {
+                cluster
+                    .primary_for(FeedId::legacy(*shard).key().as_bytes())
+                    .await
+            }
             _ => Ok(self.url.clone()),
         }
     }
@@ -321,88 +502,52 @@ impl FeedReader {
         }
     }
 
-    async fn ensure_groups(&self, ctl: &mut Control) -> Result<(), Unavailable> {
-        for feed in &self.settings.feeds {
-            let mut create = redis::cmd("XGROUP");
-            create
-                .arg("CREATE")
-                .arg(feed)
-                .arg(&self.settings.group)
-                .arg("$")
-                .arg("MKSTREAM");
-            match ctl.query(&create).await {
-                Ok(_) => {}
-                Err(e) if e.class() == Some(ErrorClass::GroupExists) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads every feed's counters, reports the group's lag, and returns
-    /// true when entries were lost since the last check (see
+    /// Reads the followed feeds' counters, reports the lag per shard, and
+    /// returns the feeds that lost entries since the last check (see
     /// [`ShardCount::check`]).
-    async fn check(
-        &self,
-        ctl: &mut Control,
-        counts: &mut [ShardCount],
-    ) -> Result<bool, Unavailable> {
-        let mut lost = false;
-        let samples = self.sample(ctl).await?;
-        for ((feed, count), now) in self
-            .settings
-            .feeds
+    async fn check(&self, a: &mut Attached) -> Result<Vec<FeedId>, Unavailable> {
+        let feeds: Vec<FeedId> = a.followed.keys().copied().collect();
+        let replies = self.groups(&mut a.ctl, FeedsFn::Check, &feeds).await?;
+        // Replies come shard by shard, feeds in order within each (the
+        // order of `by_shard`, which is the followed map's).
+        let samples: Vec<Sample> = replies
             .iter()
-            .zip(counts.iter_mut())
-            .zip(samples)
-        {
-            if let (Some(added), Some(read), Some(shard)) =
-                (now.entries_added, now.entries_read, keys::feed_shard(feed))
-            {
-                self.sink.report_lag(shard, added.saturating_sub(read));
-            }
-            let found = count.check(now);
-            if found.trimmed > 0 {
-                tracing::warn!(feed = %feed, missed = found.trimmed, "feed entries were trimmed past this node's cursor; resyncing");
-            }
-            if found.went_back {
-                tracing::warn!(feed = %feed, "the feed went back in time (Redis lost writes); resyncing");
-            }
-            lost |= found.lost();
-        }
-        Ok(lost)
-    }
-
-    /// `XINFO GROUPS` and `XINFO STREAM` of every feed, in one round trip:
-    /// the live read waits for the check, so it must be short (as 32
-    /// sequential commands it held every event back for 10–20 ms every
-    /// [`CHECK_EVERY`] under load, the edge's p99 delivery latency).
-    async fn sample(&self, ctl: &mut Control) -> Result<Vec<Sample>, Unavailable> {
-        let feeds = &self.settings.feeds;
-        let mut pipe = redis::pipe();
-        for feed in feeds {
-            pipe.cmd("XINFO").arg("GROUPS").arg(feed);
-            pipe.cmd("XINFO").arg("STREAM").arg(feed);
-        }
-        let replies = ctl.query_pipe(&pipe).await?;
-        if replies.len() != 2 * feeds.len() {
-            return Err(Unavailable::Redis(redis::RedisError::from((
+            .flat_map(|r| match r {
+                Value::Array(items) => items.chunks_exact(3).map(sample).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if samples.len() != feeds.len() {
+            return Err(Unavailable::Redis(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
-                "XINFO pipeline",
-                format!("{} replies to {} commands", replies.len(), 2 * feeds.len()),
+                "sluice_feeds_check",
+                format!("{} samples for {} feeds", samples.len(), feeds.len()),
             ))));
         }
-        Ok(replies
-            .chunks_exact(2)
-            .map(|pair| Sample {
-                entries_read: resp::xinfo_groups(&pair[0])
-                    .into_iter()
-                    .find(|g| g.name == self.settings.group)
-                    .and_then(|g| g.entries_read),
-                entries_added: resp::field_u64(&pair[1], "entries-added"),
-                length: resp::field_u64(&pair[1], "length"),
-            })
-            .collect())
+        let mut lost = Vec::new();
+        let mut lag: BTreeMap<u32, u64> = BTreeMap::new();
+        for (feed, now) in feeds.iter().zip(samples) {
+            let Some(f) = a.followed.get_mut(feed) else {
+                continue;
+            };
+            if let (Some(added), Some(read)) = (now.entries_added, now.entries_read) {
+                *lag.entry(feed.shard).or_default() += added.saturating_sub(read);
+            }
+            let found = f.count.check(now);
+            if found.trimmed > 0 {
+                tracing::warn!(feed = %f.key, missed = found.trimmed, "feed entries were trimmed past this node's cursor; resyncing");
+            }
+            if found.went_back {
+                tracing::warn!(feed = %f.key, "the feed went back in time (Redis lost writes); resyncing");
+            }
+            if found.lost() {
+                lost.push(*feed);
+            }
+        }
+        for (shard, lag) in lag {
+            self.sink.report_lag(shard, lag);
+        }
+        Ok(lost)
     }
 
     /// Counts and delivers the entries of one `XREADGROUP` reply. Events
@@ -410,7 +555,7 @@ impl FeedReader {
     /// one (the node is busy) goes through the connections' queues, so
     /// their own tasks write in parallel and the next read is not held
     /// back by every subscriber's write.
-    fn dispatch(&self, reply: &Value, counts: &mut [ShardCount]) {
+    fn dispatch(&self, reply: &Value, followed: &mut BTreeMap<FeedId, Followed>) {
         let replies = resp::stream_replies(reply);
         let total: usize = replies
             .iter()
@@ -421,17 +566,13 @@ impl FeedReader {
             .sum();
         self.sink.allow_direct(total <= DIRECT_MAX_ENTRIES);
         for (stream, entries) in replies {
-            let shard = self
-                .settings
-                .feeds
-                .iter()
-                .position(|f| f.as_bytes() == stream);
+            let feed = std::str::from_utf8(stream).ok().and_then(FeedId::parse);
             let Ok(entries) = resp::parse_entries(entries) else {
                 tracing::warn!("malformed XREADGROUP reply skipped");
                 continue;
             };
-            if let Some(i) = shard {
-                counts[i].received(entries.len() as u64);
+            if let Some(f) = feed.and_then(|f| followed.get_mut(&f)) {
+                f.count.received(entries.len() as u64);
             }
             for (id, fields) in entries {
                 self.deliver(&id, &fields);
@@ -460,5 +601,40 @@ impl FeedReader {
                 tracing::warn!(entry = %id, cause = %e, "undecodable feed entry skipped")
             }
         }
+    }
+}
+
+/// A newly followed feed: its key, nothing counted yet.
+fn followed(f: FeedId) -> (FeedId, Followed) {
+    (
+        f,
+        Followed {
+            key: f.key(),
+            count: ShardCount::default(),
+        },
+    )
+}
+
+/// Feed keys grouped by shard, shards and feeds in order.
+fn by_shard(feeds: &[FeedId]) -> BTreeMap<u32, Vec<String>> {
+    let mut sorted = feeds.to_vec();
+    sorted.sort();
+    let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for f in sorted {
+        out.entry(f.shard).or_default().push(f.key());
+    }
+    out
+}
+
+/// One feed's `sluice_feeds_check` triple; `-1` is unknown.
+fn sample(triple: &[Value]) -> Sample {
+    let n = |v: &Value| match v {
+        Value::Int(n) if *n >= 0 => Some(*n as u64),
+        _ => None,
+    };
+    Sample {
+        entries_added: n(&triple[0]),
+        length: n(&triple[1]),
+        entries_read: n(&triple[2]),
     }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use sluice_broker::function::FeedsFn;
 use sluice_broker::{
     connect, reader, PublishOptions, Published, Publisher, PublisherConfig, Unavailable,
 };
@@ -52,13 +53,14 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let pool = connect::pool(url, config.pool_size)?;
         let shards = config.shards;
+        let legacy = config.legacy_feeds;
         let publisher = Publisher::from_pool(pool, config);
         publisher.load_function().await?;
         Ok(RedisStore {
             metrics: std::sync::OnceLock::new(),
             url: url.to_owned(),
             publisher,
-            feed: FeedSettings::new(node_id, shards),
+            feed: FeedSettings::new(node_id, shards, legacy),
         })
     }
 
@@ -165,13 +167,13 @@ impl Store for RedisStore {
             reader.run(cancel).await;
             return;
         }
-        // Redis Cluster: the shard feeds live on different primaries, so one
+        // Redis Cluster: the shards live on different primaries, so one
         // reader per shard, each on its own cluster connection (it follows
         // the shard's slot across MOVED and failovers).
         let mut readers = tokio::task::JoinSet::new();
-        for feed in &self.feed.feeds {
+        for shard in &self.feed.shards {
             let mut settings = self.feed.clone();
-            settings.feeds = vec![feed.clone()];
+            settings.shards = vec![*shard];
             let reader = FeedReader::new(
                 self.url.clone(),
                 self.pool().clone(),
@@ -187,15 +189,17 @@ impl Store for RedisStore {
     async fn release(&self) -> Result<(), StoreError> {
         let mut conn = self.pool().get().await?;
         let group = keys::group_name(&self.feed.node_id);
-        for feed in keys::feed_keys(self.shards()) {
-            redis::cmd("XGROUP")
-                .arg("DESTROY")
-                .arg(&feed)
-                .arg(&group)
-                .query_async::<i64>(&mut conn)
+        let mut destroyed = 0;
+        // One call per shard: its feeds share a slot.
+        for shard in 0..self.shards() {
+            let feeds: Vec<String> = keys::FeedId::of_shard(shard, true)
+                .map(|f| f.key())
+                .collect();
+            destroyed += FeedsFn::Leave
+                .query::<_, _, i64>(&mut conn, &feeds, Some(&group))
                 .await?;
         }
-        tracing::info!(group = %group, "consumer groups destroyed");
+        tracing::info!(group = %group, destroyed, "consumer groups destroyed");
         Ok(())
     }
 }
