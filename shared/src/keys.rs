@@ -208,6 +208,9 @@ mod tests {
         assert_eq!(f.feed, Some((3_214_735_720 / 16) % 64));
         assert_eq!((f.shard, f.feed), (8, Some(22)));
         assert_eq!(f.key(), "sluice:{s8}:feed:22");
+        // deploy/README.md's reference values.
+        assert_eq!(FeedId::of("job-42", 16).key(), "sluice:{s5}:feed:20");
+        assert_eq!(FeedId::of("export-7", 16).key(), "sluice:{s7}:feed:31");
     }
 
     #[test]

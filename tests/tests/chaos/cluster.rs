@@ -262,13 +262,15 @@ async fn primary_failover_while_publishing() {
     );
 }
 
-/// Measures the Redis egress of the feed readers: the same publishing runs
-/// with no edge, one edge and three edges, and the cluster's output bytes
-/// (replication excluded) are compared. A figure, printed for the README's
-/// capacity model; the assertion only checks the model's shape (every edge
-/// reads every feed, so egress grows with the number of edges).
+/// Measures the Redis egress of the feed readers, which follow only the
+/// feeds their clients need: the same publishing (1 500 events over 48
+/// tasks) runs with no edge, with one edge whose client watches 4 of the
+/// tasks, and with two more edges that watch nothing; then with the three
+/// edges watching 4 tasks each. The cluster's output bytes (replication
+/// excluded) are compared: idle edges add next to nothing, and what an
+/// edge draws follows what its clients watch, not the publish rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn feed_egress_grows_with_edges() {
+async fn feed_egress_grows_with_interest_not_edges() {
     sluice_tests::init_logs();
     let _one = sluice_tests::chaos::exclusive().await;
     let cluster = RedisCluster::start();
@@ -278,16 +280,20 @@ async fn feed_egress_grows_with_edges() {
     const EVENTS: u64 = 1_500;
     let payload = json!({ "pct": 50, "msg": "x".repeat(200) });
     let tasks: Vec<String> = (0..48).map(|_| unique_task("egress")).collect();
+    // Every task exists before anyone watches it.
+    for t in &tasks {
+        p.publish(t, "progress", &payload).await.expect("publish");
+    }
 
     // Publishes EVENTS events over the tasks and returns the cluster's
-    // output bytes meanwhile (after a pause for the readers to catch up).
-    let phase = |edges: usize| {
+    // output bytes meanwhile (after a pause for joins and readers to settle).
+    let phase = |what: &'static str| {
         let p = p.clone();
         let tasks = tasks.clone();
         let payload = payload.clone();
         let cluster = &cluster;
         async move {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
             let before = cluster.output_bytes();
             for i in 0..EVENTS {
                 let t = &tasks[(i as usize) % tasks.len()];
@@ -295,28 +301,67 @@ async fn feed_egress_grows_with_edges() {
             }
             tokio::time::sleep(Duration::from_millis(2_500)).await;
             let bytes = cluster.output_bytes() - before;
-            println!("egress: {edges} edge(s): {bytes} bytes for {EVENTS} events");
+            println!("egress: {what}: {bytes} bytes for {EVENTS} events");
             bytes
         }
     };
-    let none = phase(0).await;
+    // A client of `edge` watching 4 tasks, reading what it is sent.
+    let watch = |edge: &TestEdge, from: usize| {
+        let url = edge.url(&format!(
+            "/v1/events?{}",
+            tasks[from..from + 4]
+                .iter()
+                .map(|t| format!("task={t}"))
+                .collect::<Vec<_>>()
+                .join("&")
+        ));
+        tokio::spawn(async move {
+            let mut c = SseClient::connect(&url, None).await;
+            let mut n = 0u64;
+            while c.next_event(Duration::from_secs(30)).await.is_some() {
+                n += 1;
+            }
+            n
+        })
+    };
+    let none = phase("no edge").await;
     let a = TestEdge::on(&url).node("ea").start().await;
-    let one = phase(1).await;
+    let wa = watch(&a, 0);
+    let one = phase("1 edge watching 4 tasks").await;
     let b = TestEdge::on(&url).node("eb").start().await;
     let c = TestEdge::on(&url).node("ec").start().await;
-    let three = phase(3).await;
-    let per_edge_one = one.saturating_sub(none) as f64 / EVENTS as f64;
-    let per_edge_three = three.saturating_sub(none) as f64 / EVENTS as f64 / 3.0;
+    let three_idle = phase("3 edges, 2 of them idle").await;
+    let wb = watch(&b, 4);
+    let wc = watch(&c, 8);
+    let three = phase("3 edges watching 4 tasks each").await;
+    let per_event = |bytes: u64| bytes.saturating_sub(none) as f64 / EVENTS as f64;
     println!(
-        "egress: feed bytes per event per edge: {per_edge_one:.0} (1 edge), {per_edge_three:.0} (3 edges); \
-         publisher-only baseline {:.0} bytes per event",
-        none as f64 / EVENTS as f64
+        "egress: Redis output per published event beyond the publisher's ({:.0} B): \
+         1 edge watching 4 of 48 tasks {:.0} B; plus 2 idle edges {:.0} B; 3 edges watching 4 each {:.0} B",
+        none as f64 / EVENTS as f64,
+        per_event(one),
+        per_event(three_idle),
+        per_event(three),
     );
     drop((a, b, c));
+    for w in [wa, wb, wc] {
+        let _ = w.await;
+    }
+    // An edge reading every feed draws each event once (over 400 B with
+    // this payload); one watching a twelfth of the tasks draws a fraction.
     assert!(
-        three.saturating_sub(none) > 2 * one.saturating_sub(none),
-        "three edges read every feed, so they draw about three times one edge's egress: \
-         none={none} one={one} three={three}"
+        per_event(one) < 200.0,
+        "an edge watching 4 of 48 tasks reads only their feeds: none={none} one={one}"
+    );
+    // Idle edges follow no feed: at most their heartbeats.
+    assert!(
+        per_event(three_idle) < 1.5 * per_event(one) + 20.0,
+        "idle edges add next to nothing: one={one} three_idle={three_idle}"
+    );
+    // Three edges watching as much each draw about three times one.
+    assert!(
+        per_event(three) > 2.0 * per_event(one),
+        "egress follows what is watched: one={one} three={three}"
     );
 }
 

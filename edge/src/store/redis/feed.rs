@@ -60,6 +60,9 @@ pub const DIRECT_MAX_ENTRIES: usize = 8;
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How long a cancelled read may take to return after `CLIENT UNBLOCK`.
 const UNBLOCK_SLACK: Duration = Duration::from_secs(1);
+/// How long a read interrupted for a join is given to return before the
+/// `CLIENT UNBLOCK` is sent again.
+const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Kept short: after a failover the reader should attach to the promoted
 /// primary within a couple of seconds of it serving.
@@ -431,11 +434,20 @@ impl FeedReader {
                         let _ = tokio::time::timeout(BLOCK + UNBLOCK_SLACK, &mut read).await;
                         return Ok(());
                     }
-                    _ = self.wake.notified() => {
-                        a.ctl.unblock(a.client_id).await;
-                        read.await
-                    }
+                    // Polled before the wake-up, so the read is on its way
+                    // when a wake-up interrupts it.
                     r = &mut read => r,
+                    _ = self.wake.notified() => {
+                        // The UNBLOCK travels on another connection and may
+                        // reach Redis before the read does: repeat it until
+                        // the read returns (within BLOCK in any case).
+                        loop {
+                            a.ctl.unblock(a.client_id).await;
+                            if let Ok(r) = tokio::time::timeout(UNBLOCK_RETRY, &mut read).await {
+                                break r;
+                            }
+                        }
+                    }
                 }
             };
             match reply {
