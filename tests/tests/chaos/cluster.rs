@@ -306,7 +306,7 @@ async fn feed_egress_grows_with_interest_not_edges() {
         }
     };
     // A client of `edge` watching 4 tasks, reading what it is sent.
-    let watch = |edge: &TestEdge, from: usize| {
+    let watch = |edge: &sluice_tests::EdgeHandle, from: usize| {
         let url = edge.url(&format!(
             "/v1/events?{}",
             tasks[from..from + 4]
