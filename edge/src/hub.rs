@@ -443,6 +443,75 @@ mod tests {
         }
     }
 
+    /// A hub whose interest is watched by a (pretend) reader of every
+    /// shard, as on a Redis-backed node.
+    fn watched_hub() -> Arc<Hub> {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let all: Vec<u32> = (0..sluice_shared::DEFAULT_SHARDS).collect();
+        let _waker = hub.interest.watch(&all);
+        hub
+    }
+
+    fn feed(task: &str) -> sluice_shared::FeedId {
+        sluice_shared::FeedId::of(task, sluice_shared::DEFAULT_SHARDS)
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_waits_for_its_feed_and_is_released_by_the_join() {
+        let hub = watched_hub();
+        let task = TaskId::parse("t").expect("task");
+        let queue = ConnQueue::new(hub.queue_capacity());
+        let reg = hub.register(&task, &queue);
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hub.await_join(&reg).await;
+                reg
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "waits for the join");
+        hub.joined(&[feed("t")]);
+        let reg = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("released by the join")
+            .expect("task");
+        // It reads after the join: nothing to catch up.
+        assert!(!reg.shared.catch_up.load(Ordering::Acquire));
+        // A second subscription of a followed feed does not wait.
+        let other = ConnQueue::new(hub.queue_capacity());
+        let reg2 = hub.register(&task, &other);
+        tokio::time::timeout(std::time::Duration::from_millis(100), hub.await_join(&reg2))
+            .await
+            .expect("no wait on a followed feed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_that_read_before_the_join_catches_up_after_it() {
+        let hub = watched_hub();
+        let task = TaskId::parse("t").expect("task");
+        let queue = ConnQueue::new(hub.queue_capacity());
+        let reg = hub.register(&task, &queue);
+        // No join within JOIN_WAIT (Redis slow): it reads anyway.
+        hub.await_join(&reg).await;
+        assert!(!reg.shared.catch_up.load(Ordering::Acquire));
+        // The join comes later: what was published between its read and
+        // the group's creation is only in the log.
+        hub.joined(&[feed("t")]);
+        assert!(reg.shared.catch_up.load(Ordering::Acquire));
+        assert!(queue.flagged.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn without_a_reader_nothing_waits() {
+        // The memory store: no feed reader watches the interest.
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let task = TaskId::parse("t").expect("task");
+        let queue = ConnQueue::new(hub.queue_capacity());
+        let reg = hub.register(&task, &queue);
+        assert_eq!(reg.shared.join.load(Ordering::Acquire), JOIN_PROCEEDED);
+    }
+
     #[test]
     fn full_queue_flags_and_never_blocks() {
         let hub = Hub::new(2, Arc::new(Metrics::default()));

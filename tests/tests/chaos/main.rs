@@ -16,5 +16,6 @@
 mod cluster;
 mod faults;
 mod fds;
+mod feeds;
 mod lost_writes;
 mod soak;
