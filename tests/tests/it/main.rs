@@ -11,6 +11,7 @@
 
 mod admin;
 mod cors;
+mod feeds;
 mod fuzz_inputs;
 mod held_memory;
 mod hostile;
