@@ -2,8 +2,9 @@
 //! `chromium-driver`, installed by tests/setup.sh), driven over WebDriver
 //! with fantoccini. Two edges share a Redis; the first runs `--demo`. The
 //! page must load without console errors, list both nodes from the
-//! registry, show the shard feeds, advance the demo bars on its own and
-//! advance a followed task's bar when the test publishes. A screenshot is
+//! registry, show the shards (and the feed joined for the followed task),
+//! advance the demo bars on its own and advance a followed task's bar when
+//! the test publishes. A screenshot is
 //! saved to tests/artifacts/dashboard.png.
 //!
 //! Readiness is always an observable DOM state polled with a deadline.
@@ -71,12 +72,20 @@ async fn dashboard_in_headless_chromium() {
         |v| v == "live",
     )
     .await;
-    // Sixteen shard feeds with the two groups each.
+    // Sixteen shards. Feeds are followed on demand: the page's followed
+    // task makes the demo edge join its feed, and its shard says so.
     wait_js(
         &client,
         "shard cells",
-        "Array.from(document.querySelectorAll('#shards .shard')).filter(s => s.textContent.includes('groups 2')).length",
+        "document.querySelectorAll('#shards .shard').length",
         |v| v == 16,
+    )
+    .await;
+    wait_js(
+        &client,
+        "the followed task's feed joined",
+        "Array.from(document.querySelectorAll('#shards .shard')).filter(s => /edges [1-9]/.test(s.textContent)).length",
+        |v| v.as_u64().is_some_and(|n| n >= 1),
     )
     .await;
 
