@@ -379,30 +379,29 @@ impl FeedSink for Hub {
     }
 
     fn joined(&self, feeds: &[sluice_shared::FeedId]) {
-        {
-            let inner = self.lock();
-            let shards = self.interest.shards();
-            for (task, subs) in inner.tasks.iter() {
-                if !feeds.contains(&sluice_shared::FeedId::of(task, shards)) {
-                    continue;
-                }
-                for sub in subs.values() {
-                    // A subscription still waiting reads after this: the
-                    // group exists. One that read already may have missed
-                    // events published between its read and the join.
-                    let released = sub.join.compare_exchange(
-                        JOIN_WAITING,
-                        JOIN_RELEASED,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                    if released.is_err() {
-                        sub.flag();
-                    }
+        let inner = self.lock();
+        let shards = self.interest.shards();
+        for (task, subs) in inner.tasks.iter() {
+            if !feeds.contains(&sluice_shared::FeedId::of(task, shards)) {
+                continue;
+            }
+            for sub in subs.values() {
+                // A subscription still waiting reads after this: the group
+                // exists. One that read already may have missed events
+                // published between its read and the join.
+                let released = sub.join.compare_exchange(
+                    JOIN_WAITING,
+                    JOIN_RELEASED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                if released.is_err() {
+                    sub.flag();
                 }
             }
-            self.interest.set_followed(feeds, true);
         }
+        // Under the hub's lock, like `register`'s check of it.
+        self.interest.set_followed(feeds, true);
     }
 
     fn unfollowed(&self, shards: &[u32]) {

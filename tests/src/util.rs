@@ -56,3 +56,24 @@ where
 pub fn python() -> String {
     std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".to_owned())
 }
+
+/// One sample of `/metrics` on `addr`: the sum of the series whose name
+/// and labels start with `series` and are followed by the value (so
+/// `name` alone is exactly that series, `name{` every labelled one).
+pub async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| match rest.split_once(' ') {
+            Some((labels, v)) if labels.is_empty() || series.ends_with('{') => Some(v),
+            _ => None,
+        })
+        .filter_map(|v| v.split_whitespace().next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum()
+}

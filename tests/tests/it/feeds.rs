@@ -14,6 +14,7 @@ use serde_json::json;
 use sluice_broker::{Publisher, PublisherConfig};
 use sluice_edge::store::FeedSink;
 use sluice_shared::{keys, FeedId, TaskId, TaskKeys, DEFAULT_SHARDS};
+use sluice_tests::util::metric;
 use sluice_tests::{unique_task, wait_until, SseClient, TestEdge};
 
 const T: Duration = Duration::from_secs(20);
@@ -35,21 +36,6 @@ async fn feeds_of(conn: &mut redis::aio::MultiplexedConnection, node: &str) -> V
         }
     }
     out
-}
-
-/// Live deliveries timed (`delivery_latency_seconds_count`): history
-/// events are not timed.
-async fn timed_deliveries(url: &str) -> f64 {
-    let text = reqwest::get(url)
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix("sluice_edge_delivery_latency_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("delivery latency count")
 }
 
 #[tokio::test]
@@ -85,8 +71,9 @@ async fn an_edge_follows_only_the_feeds_its_clients_need() {
         .await
         .expect("publish");
     assert_eq!(c.next_event(T).await.expect("live").seq(), Some(2));
+    // Live deliveries are timed, history events are not.
     assert_eq!(
-        timed_deliveries(&edge.url("/metrics")).await,
+        metric(edge.addr, "sluice_edge_delivery_latency_seconds_count").await,
         1.0,
         "delivered from the feed, not from history"
     );

@@ -24,6 +24,7 @@ use sluice_shared::{shard_of, Cursor, Position, TaskId, TaskKeys, DEFAULT_SHARDS
 use sluice_tests::chaos::EdgeProcess;
 use sluice_tests::rss::{reset_hwm, status_kib, RssPeak};
 use sluice_tests::sse::RawSse;
+use sluice_tests::util::metric;
 use sluice_tests::{
     unique_task, wait_until, DeliveryLog, EdgeHandle, RedisFixture, SseClient, SseFrame, TestEdge,
     WsClient,
@@ -1123,27 +1124,6 @@ async fn a_flooding_task_does_not_starve_the_others_on_its_connection() {
         "the other tasks waited for the flood's whole backlog: their last event arrived at \
          frame {others_last}, after the flood's final at {flood_final}"
     );
-}
-
-/// One sample of `/metrics` on `addr`: the sum of the series whose name
-/// and labels start with `series` and are followed by the value (so
-/// `name` alone is exactly that series, `name{` every labelled one).
-async fn metric(addr: std::net::SocketAddr, series: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| match rest.split_once(' ') {
-            Some((labels, v)) if labels.is_empty() || series.ends_with('{') => Some(v),
-            _ => None,
-        })
-        .filter_map(|v| v.split_whitespace().next())
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum()
 }
 
 /// Waits until `done(sample)` holds for ten samples of `/metrics` in a row
